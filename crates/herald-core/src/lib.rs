@@ -1,0 +1,47 @@
+//! Herald's core model: validated channel names, messages and their cursors, the [`Broker`]
+//! trait every backbone implements, the embedded [`MemoryBroker`], and (feature
+//! `conformance`) the suite that every broker must pass.
+//!
+//! Nothing in this crate knows about HTTP, gRPC or NATS.
+
+mod broker;
+mod channel;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod cursor;
+mod json;
+mod memory;
+mod message;
+
+pub use broker::{
+    Broker, BrokerError, BrokerState, HistoryPage, HistoryQuery, LiveEvent, PublishRequest,
+    Published, Subscription,
+};
+pub use channel::{ChannelName, InvalidChannel, MAX_CHANNEL_LEN};
+pub use cursor::{Cursor, InvalidCursor};
+pub use json::{InvalidPayload, Payload};
+pub use memory::{MemoryBroker, MemoryBrokerConfig};
+pub use message::{Message, unix_micros};
+
+/// Limits on what a channel keeps, shared by every broker implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// The most recent messages kept per channel; older ones are evicted (and a resume from
+    /// before them is reported as a gap).
+    pub max_messages: usize,
+    /// Messages older than this are evicted.
+    pub max_age: std::time::Duration,
+}
+
+impl HistoryLimits {
+    /// Default messages kept per channel (`HERALD_HISTORY_SIZE`).
+    pub const DEFAULT_MAX_MESSAGES: usize = 100;
+    /// Default age after which messages are evicted (`HERALD_HISTORY_TTL`).
+    pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        Self { max_messages: Self::DEFAULT_MAX_MESSAGES, max_age: Self::DEFAULT_MAX_AGE }
+    }
+}
