@@ -1,0 +1,704 @@
+//! [`NatsBroker`]: the connection supervisor, publish with chain headers, history with exact
+//! gap detection, and head.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{
+    ConnectOptions, Event, HeaderMap, ServerAddr,
+    connection::State,
+    jetstream::{
+        self,
+        context::PublishErrorKind,
+        message::{PublishMessage, StreamMessage},
+        stream::{self, DirectGetErrorKind, Republish},
+    },
+};
+use bytes::Bytes;
+use herald_core::{
+    Broker, BrokerError, BrokerState, ChannelName, Cursor, HistoryPage, HistoryQuery, Message,
+    Payload, PublishRequest, Published, Subscription, unix_micros,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::{NatsBrokerConfig, NatsError, StorageKind, subject::Subjects};
+
+/// Header carrying the previous sequence of the same channel (0 for its first message): the
+/// chain link that makes gaps detectable in stored history (JetStream stores no such link).
+pub(crate) const HDR_PREV: &str = "Herald-Prev";
+/// Header carrying the publish time in µs since the Unix epoch (the message's `ts`).
+pub(crate) const HDR_TS: &str = "Herald-Ts";
+/// Republish header: the stream sequence (the cursor).
+pub(crate) const HDR_SEQ: &str = "Nats-Sequence";
+/// Republish header: the previous sequence on the same subject, as JetStream saw it.
+pub(crate) const HDR_LAST_SEQ: &str = "Nats-Last-Sequence";
+const HDR_MSG_ID: &str = "Nats-Msg-Id";
+const HDR_EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// Publish attempts when another node wins the race for a channel's next link.
+const MAX_PUBLISH_ATTEMPTS: usize = 8;
+/// Longest idempotency key accepted (it becomes a header).
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 1024;
+/// Above this many cached channel tips, unused ones are forgotten (they are re-read on demand).
+const MAX_CACHED_TIPS: usize = 100_000;
+/// Connection events buffered between async-nats and the supervisor; overflow only delays a
+/// state change until the next [`SUPERVISE_TICK`].
+const EVENT_BUFFER: usize = 64;
+/// How often the supervisor re-checks the connection state even without events.
+const SUPERVISE_TICK: Duration = Duration::from_millis(200);
+/// First and longest pause between reconnection attempts.
+const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// One NATS connection and the handles built on it. Replaced whole on every reconnect, never
+/// reused after it broke (see the crate docs on ghost publishes).
+pub(crate) struct Link {
+    /// The core client (live subscriptions, tip writes).
+    pub(crate) client: async_nats::Client,
+    /// The JetStream context (publishes).
+    js: jetstream::Context,
+    /// The history stream (direct gets, stream info).
+    stream: stream::Stream,
+    /// The side stream of channel tips.
+    tips: stream::Stream,
+    /// Increases with every connection, so subscriptions notice a new one.
+    pub(crate) generation: u64,
+}
+
+impl Link {
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+}
+
+/// What this node believes about a channel's newest stored message.
+#[derive(Debug, Clone, Copy)]
+struct ChainTip {
+    /// What JetStream holds as the subject's last sequence (0: nothing retained), sent as
+    /// `Nats-Expected-Last-Subject-Sequence` so a stale belief is refused, not stored.
+    expected: u64,
+    /// The channel's true previous sequence, sent as `Herald-Prev`.
+    prev: u64,
+}
+
+/// State shared by the broker handle, its supervisor and its subscriptions.
+pub(crate) struct Shared {
+    /// Settings, validated.
+    pub(crate) config: NatsBrokerConfig,
+    /// Subject names for this deployment.
+    pub(crate) subjects: Subjects,
+    /// The current connection; `None` while disconnected.
+    pub(crate) link: watch::Sender<Option<Arc<Link>>>,
+    /// Connected / disconnected, for readiness and metrics.
+    state: watch::Sender<BrokerState>,
+    /// Successful reconnections since start-up.
+    reconnects: AtomicU64,
+    /// Slow-consumer events reported by async-nats (a live message was dropped locally).
+    pub(crate) slow_consumers: AtomicU64,
+    /// Per channel subject: this node's belief about the chain tip, behind an async mutex
+    /// that serializes this node's publishes to the channel.
+    tips: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ChainTip>>>>>,
+}
+
+impl Shared {
+    /// The current link, if it is connected right now.
+    pub(crate) fn connected_link(&self) -> Result<Arc<Link>, BrokerError> {
+        let link = self.link.borrow().clone();
+        match link {
+            Some(link) if link.is_connected() => Ok(link),
+            _ => Err(BrokerError::Unavailable("not connected to NATS".into())),
+        }
+    }
+
+    fn tip_slot(&self, subject: &str) -> Arc<tokio::sync::Mutex<Option<ChainTip>>> {
+        let mut tips = self.tips.lock();
+        if tips.len() >= MAX_CACHED_TIPS && !tips.contains_key(subject) {
+            tips.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        tips.entry(subject.to_owned()).or_default().clone()
+    }
+
+    fn forget_tips(&self) {
+        self.tips
+            .lock()
+            .retain(|_, slot| Arc::strong_count(slot) > 1);
+    }
+}
+
+/// The JetStream broker. Cheap to clone (shared); the connection is supervised in the
+/// background and replaced after any break.
+#[derive(Clone)]
+pub struct NatsBroker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("stream", &self.shared.config.stream)
+            .field("state", &*self.shared.state.borrow())
+            .finish()
+    }
+}
+
+impl NatsBroker {
+    /// Connects, creates or updates the stream (idempotent), and starts supervising the
+    /// connection. Fails when the settings are invalid, no server answers, or the stream cannot
+    /// be set up; once it has succeeded, outages are reported through [`Broker::state`] and
+    /// calls fail fast with `Unavailable` until the connection is back.
+    pub async fn connect(config: NatsBrokerConfig) -> Result<Self, NatsError> {
+        config.validate()?;
+        let subjects = Subjects::new(&config.subject_prefix);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+        let link = Arc::new(open_link(&config, &subjects, events_tx, 1).await?);
+        info!(stream = %config.stream, generation = 1, "connected to NATS");
+        let shared = Arc::new(Shared {
+            config,
+            subjects,
+            link: watch::Sender::new(Some(link)),
+            state: watch::Sender::new(BrokerState::Connected),
+            reconnects: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            tips: parking_lot::Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&shared), events_rx));
+        Ok(Self { shared })
+    }
+
+    /// Successful reconnections since [`NatsBroker::connect`] (for metrics).
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Live messages dropped locally because a subscription could not keep up (for metrics;
+    /// every such drop is followed by a `Lagged` on the affected subscriptions).
+    pub fn slow_consumer_events(&self) -> u64 {
+        self.shared.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    /// The settings this broker runs with.
+    pub fn config(&self) -> &NatsBrokerConfig {
+        &self.shared.config
+    }
+
+    async fn publish_inner(&self, request: PublishRequest) -> Result<Published, BrokerError> {
+        let shared = &*self.shared;
+        let config = &shared.config;
+        if let Some(key) = &request.idempotency_key
+            && (key.is_empty()
+                || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+                || key.chars().any(|c| c.is_control()))
+        {
+            return Err(BrokerError::Rejected(format!(
+                "idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} bytes without control characters"
+            )));
+        }
+        let subject = shared.subjects.stored(&request.channel);
+        let slot = shared.tip_slot(&subject);
+        let mut tip = tokio::time::timeout(config.publish_timeout, slot.lock())
+            .await
+            .map_err(|_| {
+                BrokerError::Unavailable("channel busy: publish queue timed out".into())
+            })?;
+
+        for _ in 0..MAX_PUBLISH_ATTEMPTS {
+            let link = shared.connected_link()?;
+            let current = match *tip {
+                Some(t) => t,
+                None => {
+                    let t = read_tip(shared, &link, &request.channel).await?;
+                    *tip = Some(t);
+                    t
+                }
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(HDR_PREV, current.prev.to_string());
+            headers.insert(HDR_EXPECTED_LAST_SUBJECT_SEQ, current.expected.to_string());
+            headers.insert(HDR_TS, unix_micros().to_string());
+            if let Some(key) = &request.idempotency_key {
+                headers.insert(HDR_MSG_ID, key.as_str());
+            }
+            let message = PublishMessage::build()
+                .payload(request.data.bytes().clone())
+                .headers(headers);
+            // Checked again right before handing the message to the client: a message handed
+            // to a client that is not connected could sit in its queue (see crate docs).
+            if !link.is_connected() {
+                return Err(BrokerError::Unavailable("not connected to NATS".into()));
+            }
+            let sent = tokio::time::timeout(config.publish_timeout, async {
+                link.js.send_publish(subject.clone(), message).await?.await
+            })
+            .await;
+            match sent {
+                Ok(Ok(ack)) => {
+                    if !ack.duplicate {
+                        *tip = Some(ChainTip {
+                            expected: ack.sequence,
+                            prev: ack.sequence,
+                        });
+                        // Fire and forget: the tip only matters once the whole channel expired.
+                        let tip_subject = shared.subjects.tip(&request.channel);
+                        if let Err(error) = link
+                            .client
+                            .publish(tip_subject, ack.sequence.to_string().into())
+                            .await
+                        {
+                            debug!(%error, "tip write not queued");
+                        }
+                    }
+                    return Ok(Published {
+                        cursor: Cursor(ack.sequence),
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                    debug!(subject, "chain tip moved; refreshing");
+                    *tip = None;
+                }
+                Ok(Err(error)) => {
+                    *tip = None;
+                    return Err(match error.kind() {
+                        PublishErrorKind::MaxPayloadExceeded => {
+                            BrokerError::Rejected(error.to_string())
+                        }
+                        _ => BrokerError::Unavailable(format!("publish failed: {error}")),
+                    });
+                }
+                Err(_) => {
+                    *tip = None;
+                    return Err(BrokerError::Unavailable(format!(
+                        "publish not acknowledged within {:?}",
+                        config.publish_timeout
+                    )));
+                }
+            }
+        }
+        Err(BrokerError::Unavailable(format!(
+            "channel {} is contended: {MAX_PUBLISH_ATTEMPTS} attempts lost the race",
+            request.channel
+        )))
+    }
+
+    async fn history_inner(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        let shared = &*self.shared;
+        let link = shared.connected_link()?;
+        let subject = shared.subjects.stored(channel);
+        let after = query.after.0;
+        let Some(first) = next_after(shared, &link, &subject, after.saturating_add(1)).await?
+        else {
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                gap: nothing_after(shared, &link, channel, after).await?,
+            });
+        };
+        // The first retained message after the cursor names its predecessor: if that one is
+        // after the cursor too, it (and maybe more) is gone.
+        let gap = match header_u64(&first.headers, HDR_PREV) {
+            Some(prev) => prev > after,
+            // Not stored by Herald: no chain to check; only a contiguous sequence proves nothing
+            // is missing.
+            None => first.sequence > after.saturating_add(1),
+        };
+        let mut messages = Vec::with_capacity(query.limit.min(256));
+        let mut last = first.sequence;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            if messages.len() >= query.limit {
+                break;
+            }
+            if messages.is_empty() || header_u64(&m.headers, HDR_PREV) == Some(last) {
+                last = m.sequence;
+                if let Some(msg) = to_message(channel, m.sequence, &m.headers, m.payload, || {
+                    (m.time.unix_timestamp_nanos() / 1000) as u64
+                }) {
+                    messages.push(Arc::new(msg));
+                }
+            } else {
+                // A hole in the middle (evicted while we walked): stop before it, so the caller
+                // resumes from `last` and the next read reports the gap in its proper place.
+                break;
+            }
+            if messages.len() < query.limit {
+                next = next_after(shared, &link, &subject, last + 1).await?;
+            }
+        }
+        Ok(HistoryPage { messages, gap })
+    }
+}
+
+/// Whether messages of `channel` after `after` were lost, given none is retained after it.
+async fn nothing_after(
+    shared: &Shared,
+    link: &Link,
+    channel: &ChannelName,
+    after: u64,
+) -> Result<bool, BrokerError> {
+    let state = stream_state(shared, link).await?;
+    if after > state.last_sequence {
+        return Ok(true); // a cursor this stream never issued
+    }
+    if last_for_subject(shared, &link.stream, &shared.subjects.stored(channel))
+        .await?
+        .is_some()
+    {
+        // Its newest retained message is at or before the cursor; anything newer would be
+        // retained too (eviction takes the oldest first).
+        return Ok(false);
+    }
+    // Nothing retained at all: every message it had expired. Its tip says what the last was.
+    match read_tip_record(shared, link, channel).await? {
+        Some(tip) => Ok(tip > after),
+        None if shared.config.tip_max_age.is_zero() => Ok(false), // never published
+        None => Ok(after.saturating_add(1) < oldest_retained(&state)),
+    }
+}
+
+/// Sequence of the oldest message still in the stream (last + 1 when empty).
+fn oldest_retained(state: &stream::State) -> u64 {
+    if state.messages == 0 {
+        state.last_sequence + 1
+    } else {
+        state.first_sequence
+    }
+}
+
+/// What this node should send as the next link of `channel`'s chain, read from JetStream.
+async fn read_tip(
+    shared: &Shared,
+    link: &Link,
+    channel: &ChannelName,
+) -> Result<ChainTip, BrokerError> {
+    if let Some(last) =
+        last_for_subject(shared, &link.stream, &shared.subjects.stored(channel)).await?
+    {
+        return Ok(ChainTip {
+            expected: last.sequence,
+            prev: last.sequence,
+        });
+    }
+    let prev = match read_tip_record(shared, link, channel).await? {
+        Some(tip) => tip,
+        None if shared.config.tip_max_age.is_zero() => 0,
+        // The tip expired too: every message of the channel is older than the oldest retained
+        // one, so that bound is a safe (conservative) predecessor.
+        None => oldest_retained(&stream_state(shared, link).await?).saturating_sub(1),
+    };
+    Ok(ChainTip { expected: 0, prev })
+}
+
+/// The channel's recorded tip (its newest sequence ever), if any.
+async fn read_tip_record(
+    shared: &Shared,
+    link: &Link,
+    channel: &ChannelName,
+) -> Result<Option<u64>, BrokerError> {
+    let m = last_for_subject(shared, &link.tips, &shared.subjects.tip(channel)).await?;
+    Ok(m.and_then(|m| std::str::from_utf8(&m.payload).ok()?.parse().ok()))
+}
+
+async fn stream_state(shared: &Shared, link: &Link) -> Result<stream::State, BrokerError> {
+    match tokio::time::timeout(shared.config.request_timeout, link.stream.get_info()).await {
+        Ok(Ok(info)) => Ok(info.state),
+        Ok(Err(e)) => Err(BrokerError::Unavailable(format!("stream info: {e}"))),
+        Err(_) => Err(BrokerError::Unavailable("stream info timed out".into())),
+    }
+}
+
+async fn last_for_subject(
+    shared: &Shared,
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<Option<StreamMessage>, BrokerError> {
+    let got = tokio::time::timeout(
+        shared.config.request_timeout,
+        stream.direct_get_last_for_subject(subject),
+    )
+    .await;
+    found_or_not(got)
+}
+
+/// The first retained message of `subject` at or after sequence `from`.
+pub(crate) async fn next_after(
+    shared: &Shared,
+    link: &Link,
+    subject: &str,
+    from: u64,
+) -> Result<Option<StreamMessage>, BrokerError> {
+    let got = tokio::time::timeout(
+        shared.config.request_timeout,
+        link.stream.direct_get_next_for_subject(subject, Some(from)),
+    )
+    .await;
+    found_or_not(got)
+}
+
+fn found_or_not(
+    got: Result<Result<StreamMessage, stream::DirectGetError>, tokio::time::error::Elapsed>,
+) -> Result<Option<StreamMessage>, BrokerError> {
+    match got {
+        Ok(Ok(m)) => Ok(Some(m)),
+        Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Ok(Err(e)) => Err(BrokerError::Unavailable(format!(
+            "history read failed: {e}"
+        ))),
+        Err(_) => Err(BrokerError::Unavailable("history read timed out".into())),
+    }
+}
+
+/// A header parsed as a decimal number.
+pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.as_str().trim().parse().ok()
+}
+
+/// Builds a client-facing message from stored bytes; `None` (logged) for a payload that is not
+/// JSON, which only a foreign publisher on our subjects could have put there.
+pub(crate) fn to_message(
+    channel: &ChannelName,
+    seq: u64,
+    headers: &HeaderMap,
+    payload: Bytes,
+    fallback_us: impl FnOnce() -> u64,
+) -> Option<Message> {
+    let ts = header_u64(headers, HDR_TS).unwrap_or_else(fallback_us);
+    match Payload::from_json(payload, usize::MAX) {
+        Ok(data) => Some(Message::new(channel.clone(), Cursor(seq), ts, data)),
+        Err(error) => {
+            warn!(%channel, seq, %error, "skipping a stored message that is not JSON");
+            None
+        }
+    }
+}
+
+/// Opens a new connection and makes sure both streams exist with the configured settings.
+async fn open_link(
+    config: &NatsBrokerConfig,
+    subjects: &Subjects,
+    events: mpsc::Sender<Event>,
+    generation: u64,
+) -> Result<Link, NatsError> {
+    let addrs = config
+        .urls
+        .iter()
+        .map(|u| u.parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NatsError::Config {
+            key: "urls",
+            why: e.to_string(),
+        })?;
+    // Once connected, this client never reconnects by itself: its reconnect attempt waits
+    // forever, so publishes still queued in it when the connection broke are never sent
+    // ("ghosts"). The supervisor opens a fresh client instead.
+    let established = Arc::new(AtomicBool::new(false));
+    let gate = established.clone();
+    let mut options = ConnectOptions::new()
+        .name("herald")
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .ping_interval(config.ping_interval)
+        .reconnect_delay_callback(move |_| {
+            if gate.load(Ordering::SeqCst) {
+                Duration::MAX
+            } else {
+                Duration::ZERO
+            }
+        })
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.try_send(event);
+            }
+        });
+    let auth = &config.auth;
+    if let Some(path) = &auth.creds_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| NatsError::Config {
+                key: "auth.creds_file",
+                why: e.to_string(),
+            })?;
+    } else if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    } else if let Some(token) = &auth.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &auth.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if auth.require_tls {
+        options = options.require_tls(true);
+    }
+    let client = options
+        .connect(addrs)
+        .await
+        .map_err(|e| NatsError::Connect(e.to_string()))?;
+    established.store(true, Ordering::SeqCst);
+
+    let js = jetstream::ContextBuilder::new()
+        .timeout(config.request_timeout)
+        .build(client.clone());
+    let storage = match config.storage {
+        StorageKind::File => stream::StorageType::File,
+        StorageKind::Memory => stream::StorageType::Memory,
+    };
+    let history = stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![subjects.stored_all()],
+        max_messages_per_subject: config.history.max_messages as i64,
+        max_age: config.history.max_age,
+        allow_direct: true,
+        republish: Some(Republish {
+            source: subjects.stored_all(),
+            destination: subjects.live_all(),
+            headers_only: false,
+        }),
+        // JetStream refuses a duplicate window longer than max_age.
+        duplicate_window: config.duplicate_window.min(config.history.max_age),
+        num_replicas: config.replicas,
+        storage,
+        ..Default::default()
+    };
+    let tips = stream::Config {
+        name: format!("{}_TIPS", config.stream),
+        subjects: vec![subjects.tip_all()],
+        max_messages_per_subject: 1,
+        max_age: config.tip_max_age,
+        allow_direct: true,
+        num_replicas: config.replicas,
+        storage,
+        ..Default::default()
+    };
+    let mut handles = Vec::with_capacity(2);
+    for stream_config in [history, tips] {
+        let name = stream_config.name.clone();
+        js.create_or_update_stream(stream_config)
+            .await
+            .map_err(|e| NatsError::Stream(format!("{name}: {e}")))?;
+        handles.push(
+            js.get_stream(&name)
+                .await
+                .map_err(|e| NatsError::Stream(format!("{name}: {e}")))?,
+        );
+    }
+    let tips = handles
+        .pop()
+        .ok_or_else(|| NatsError::Stream("tip stream missing".into()))?;
+    let stream = handles
+        .pop()
+        .ok_or_else(|| NatsError::Stream("stream missing".into()))?;
+    Ok(Link {
+        client,
+        js,
+        stream,
+        tips,
+        generation,
+    })
+}
+
+/// Follows the connection: on a break, marks the broker disconnected, drops the broken client
+/// (and whatever it still had queued), and opens fresh ones until one works. Ends when the
+/// broker is dropped.
+async fn supervise(shared: Weak<Shared>, mut events: mpsc::Receiver<Event>) {
+    let mut tick = tokio::time::interval(SUPERVISE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Connected: wait for the break.
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(Event::SlowConsumer(_)) => {
+                        if let Some(s) = shared.upgrade() {
+                            s.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(event) => debug!(%event, "NATS event"),
+                    None => {}
+                },
+                _ = tick.tick() => {}
+            }
+            let Some(s) = shared.upgrade() else { return };
+            let broken = s.link.borrow().as_ref().is_none_or(|l| !l.is_connected());
+            if broken {
+                break;
+            }
+        }
+        let (config, subjects, generation) = {
+            let Some(s) = shared.upgrade() else { return };
+            let generation = s.link.borrow().as_ref().map_or(0, |l| l.generation) + 1;
+            s.link.send_replace(None);
+            s.state.send_replace(BrokerState::Disconnected);
+            s.forget_tips();
+            warn!(stream = %s.config.stream, "lost the NATS connection; reconnecting");
+            (s.config.clone(), s.subjects.clone(), generation)
+        };
+        // Disconnected: open fresh connections until one works.
+        let mut backoff = RECONNECT_BACKOFF.0;
+        loop {
+            if shared.strong_count() == 0 {
+                return;
+            }
+            let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+            match open_link(&config, &subjects, tx, generation).await {
+                Ok(link) => {
+                    let Some(s) = shared.upgrade() else { return };
+                    events = rx;
+                    s.link.send_replace(Some(Arc::new(link)));
+                    s.reconnects.fetch_add(1, Ordering::Relaxed);
+                    s.state.send_replace(BrokerState::Connected);
+                    info!(stream = %config.stream, generation, "reconnected to NATS");
+                    break;
+                }
+                Err(error) => {
+                    debug!(%error, "NATS reconnect attempt failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for NatsBroker {
+    async fn publish(&self, request: PublishRequest) -> Result<Published, BrokerError> {
+        self.publish_inner(request).await
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription, BrokerError> {
+        crate::live::subscribe(&self.shared, channel).await
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.history_inner(channel, query).await
+    }
+
+    async fn head(&self) -> Result<Cursor, BrokerError> {
+        let link = self.shared.connected_link()?;
+        Ok(Cursor(
+            stream_state(&self.shared, &link).await?.last_sequence,
+        ))
+    }
+
+    fn state(&self) -> watch::Receiver<BrokerState> {
+        self.shared.state.subscribe()
+    }
+
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+}

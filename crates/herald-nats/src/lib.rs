@@ -1,0 +1,84 @@
+//! Herald's JetStream broker: [`NatsBroker`] implements [`herald_core::Broker`] on NATS
+//! JetStream (async-nats), so any number of edge nodes share one history and one global order.
+//!
+//! # Layout on NATS
+//!
+//! - Stream `<stream>` (default `HERALD`) captures `<prefix>.ch.>`; channel `c` is stored on
+//!   `<prefix>.ch.<token(c)>`, where the token is the name with `.` replaced by `~` (a character
+//!   outside the channel alphabet): one token, never a wildcard, injective. The stream keeps
+//!   `max_msgs_per_subject` / `max_age` from [`herald_core::HistoryLimits`], has `allow_direct`,
+//!   and republishes every stored message to `<prefix>.live.<token>` (core NATS), which is what
+//!   live subscriptions listen to. The cursor is the stream sequence.
+//! - Stream `<stream>_TIPS` captures `<prefix>.tip.>` with one message per subject: the newest
+//!   sequence a channel ever had, so a channel whose history fully expired still knows it.
+//!
+//! # Exact gap detection
+//!
+//! JetStream does not store the per-subject predecessor (only republished copies carry
+//! `Nats-Last-Sequence`), so every publish carries it itself: header `Herald-Prev: P`, the
+//! channel's previous sequence. Its correctness is enforced by the server: the same publish
+//! carries `Nats-Expected-Last-Subject-Sequence: E` (what the subject's last retained sequence
+//! must be), so a stale belief is refused rather than stored; the node then re-reads the tip and
+//! retries (bounded). Publishes are serialized per channel on each node (an async mutex), so only
+//! publishes from different nodes race. `E` and `P` differ only when the channel has nothing
+//! retained (everything expired): then `E = 0` and `P` comes from the tip stream.
+//!
+//! `history(c, after C)` then decides exactly:
+//! - the first retained message `F` after `C` has `Herald-Prev = P`: a gap iff `P > C` (`P` was on
+//!   this channel, after `C`, and is gone);
+//! - nothing retained after `C`: a gap iff `C` is beyond the stream's last sequence (never
+//!   issued), or the channel has nothing retained at all and its tip is after `C`; a channel
+//!   whose newest retained message is at or before `C` lost nothing (eviction takes the oldest
+//!   first), and a channel without a tip was never published.
+//! - a hole met while walking (a message evicted mid-read) ends the page before it, so the next
+//!   read from the page's last cursor reports it in its place.
+//!
+//! Limits, all conservative (a false gap, never a silent one) except the last: with
+//! [`NatsBrokerConfig::tip_max_age`] set, a channel silent for longer than it falls back to
+//! "gap iff `C` is older than the oldest message of the whole stream"; the tip is written
+//! fire-and-forget after the stored message, so a node dying between the two (or two nodes
+//! racing the tip writes) can leave a stale tip, which matters only if the channel then fully
+//! expires and a client resumes from a cursor between the stale and the true tip. Age eviction
+//! is assumed to follow sequence order (JetStream stamps messages on the stream leader).
+//!
+//! # Live path
+//!
+//! A subscription is a core NATS subscription on the republish subject, returned only after a
+//! flush (the server has registered it). Each message is checked against the chain
+//! (`Herald-Prev`, falling back to `Nats-Last-Sequence`): a message whose predecessor is not the
+//! one last yielded means a republish was lost, and the subscription yields
+//! [`herald_core::LiveEvent::Lagged`] before it; the reader repairs from history. It does not
+//! fill holes itself: the reader's repair already handles gaps and ordering in one place. After
+//! a reconnect (and after async-nats reports a slow consumer) the subscription re-subscribes on
+//! the new connection and yields `Lagged`.
+//!
+//! # Failing fast, and no ghost publishes
+//!
+//! A publish that was answered with an error must never be delivered later. async-nats keeps
+//! commands queued while it reconnects and sends them on the new connection, which would turn a
+//! timed-out publish into a late delivery. So a client here never reconnects by itself (its
+//! reconnect attempt is made to wait forever): on any break the supervisor marks the broker
+//! disconnected, abandons that client with whatever it still had queued, and opens a fresh one
+//! (re-checking both streams). Publishes check the connection first and wait at most
+//! [`NatsBrokerConfig::publish_timeout`]. What remains is the ambiguity every network has: a
+//! publish that reached the server whose acknowledgement was lost is stored (and delivered at
+//! once, not later) although the caller saw `Unavailable`; idempotency keys make its retry
+//! safe. A half-open connection is noticed after about two
+//! [`NatsBrokerConfig::ping_interval`]s. Each abandoned client leaves one idle task behind (a
+//! few KiB) per outage.
+//!
+//! With replicas 3, direct gets may be served by a follower that is slightly behind: a read
+//! right after a publish can miss the newest message (never reported as a gap), and the tip
+//! read before a publish can be stale, which the expected-sequence check turns into a retry.
+
+mod broker;
+mod config;
+mod error;
+mod live;
+pub mod subject;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use broker::NatsBroker;
+pub use config::{NatsAuth, NatsBrokerConfig, StorageKind};
+pub use error::NatsError;
