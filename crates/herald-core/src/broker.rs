@@ -68,7 +68,9 @@ pub struct Subscription {
 impl Subscription {
     /// Wraps a broker's stream.
     pub fn new(stream: impl Stream<Item = LiveEvent> + Send + 'static) -> Self {
-        Self { inner: Box::pin(stream) }
+        Self {
+            inner: Box::pin(stream),
+        }
     }
 
     /// The next event.

@@ -22,9 +22,7 @@ pub enum InvalidChannel {
     #[error("channel name is {0} bytes long; the limit is 255")]
     TooLong(usize),
     /// The name holds a character outside the allowed alphabet.
-    #[error(
-        "channel name contains {0:?}; allowed characters are A-Z a-z 0-9 and _ - : @ . ="
-    )]
+    #[error("channel name contains {0:?}; allowed characters are A-Z a-z 0-9 and _ - : @ . =")]
     BadChar(char),
 }
 
@@ -45,7 +43,10 @@ impl ChannelName {
         if name.is_empty() {
             return Err(InvalidChannel::Empty);
         }
-        if let Some(c) = name.chars().find(|c| !c.is_ascii() || !is_channel_byte(*c as u8)) {
+        if let Some(c) = name
+            .chars()
+            .find(|c| !c.is_ascii() || !is_channel_byte(*c as u8))
+        {
             return Err(InvalidChannel::BadChar(c));
         }
         if name.len() > MAX_CHANNEL_LEN {
@@ -91,7 +92,15 @@ mod tests {
 
     #[test]
     fn accepts_the_whole_alphabet() {
-        for ok in ["news", "chat:1", "a.b", "user@example.com", "k=v", "A-Z_09", &"x".repeat(255)] {
+        for ok in [
+            "news",
+            "chat:1",
+            "a.b",
+            "user@example.com",
+            "k=v",
+            "A-Z_09",
+            &"x".repeat(255),
+        ] {
             assert!(ChannelName::new(ok).is_ok(), "{ok}");
         }
     }
@@ -99,7 +108,10 @@ mod tests {
     #[test]
     fn refuses_everything_else() {
         assert_eq!(ChannelName::new(""), Err(InvalidChannel::Empty));
-        assert_eq!(ChannelName::new(&"x".repeat(256)), Err(InvalidChannel::TooLong(256)));
+        assert_eq!(
+            ChannelName::new(&"x".repeat(256)),
+            Err(InvalidChannel::TooLong(256))
+        );
         for (bad, c) in [
             ("a b", ' '),
             ("a*", '*'),
@@ -110,7 +122,11 @@ mod tests {
             ("a\0", '\0'),
             ("$JS", '$'),
         ] {
-            assert_eq!(ChannelName::new(bad), Err(InvalidChannel::BadChar(c)), "{bad:?}");
+            assert_eq!(
+                ChannelName::new(bad),
+                Err(InvalidChannel::BadChar(c)),
+                "{bad:?}"
+            );
         }
     }
 

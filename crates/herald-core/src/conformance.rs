@@ -77,7 +77,10 @@ async fn expect_silence(sub: &mut Subscription) {
 }
 
 fn limits(max_messages: usize, max_age: Duration) -> HistoryLimits {
-    HistoryLimits { max_messages, max_age }
+    HistoryLimits {
+        max_messages,
+        max_age,
+    }
 }
 
 /// Cursors strictly increase with every publish, whatever the channel.
@@ -111,7 +114,11 @@ where
     let mut sent_a = Vec::new();
     let mut sent_z = Vec::new();
     for i in 0..20 {
-        let (channel, sent) = if i % 2 == 0 { (&a, &mut sent_a) } else { (&z, &mut sent_z) };
+        let (channel, sent) = if i % 2 == 0 {
+            (&a, &mut sent_a)
+        } else {
+            (&z, &mut sent_z)
+        };
         let json = format!("{{\"n\":{i}}}");
         sent.push((publish(&b, channel, &json).await, json));
     }
@@ -133,7 +140,9 @@ where
     Fut: Future<Output = B>,
 {
     let b = make(HistoryLimits::default()).await;
-    let names = ["a", "a.b", "a.c", "a.b.c", "a:b", "a=b", "a@b", "a-b", "a_b", "A.B", "a..b"];
+    let names = [
+        "a", "a.b", "a.c", "a.b.c", "a:b", "a=b", "a@b", "a-b", "a_b", "A.B", "a..b",
+    ];
     let mut subs = Vec::new();
     for n in names {
         subs.push(b.subscribe(&ch(n)).await.expect("subscribe"));
@@ -147,7 +156,13 @@ where
         assert_eq!(m.data.as_bytes(), format!("\"{n}\"").as_bytes());
         expect_silence(sub).await;
         let page = b
-            .history(&ch(n), HistoryQuery { after: Cursor::ZERO, limit: 100 })
+            .history(
+                &ch(n),
+                HistoryQuery {
+                    after: Cursor::ZERO,
+                    limit: 100,
+                },
+            )
             .await
             .expect("history");
         assert_eq!(page.messages.len(), 1, "history of {n}");
@@ -176,7 +191,10 @@ where
     assert_eq!(page.messages[0].data.as_bytes(), b"2");
 
     let page = b.history(&c, q(cursors[1], 2)).await.expect("history");
-    assert_eq!(page.messages.iter().map(|m| m.cursor).collect::<Vec<_>>(), cursors[2..4]);
+    assert_eq!(
+        page.messages.iter().map(|m| m.cursor).collect::<Vec<_>>(),
+        cursors[2..4]
+    );
 
     let page = b.history(&c, q(Cursor::ZERO, 100)).await.expect("history");
     assert!(!page.gap, "nothing was evicted");
@@ -185,7 +203,10 @@ where
     let page = b.history(&c, q(cursors[4], 100)).await.expect("history");
     assert!(!page.gap && page.messages.is_empty());
 
-    let unknown = b.history(&ch("hist.never"), q(cursors[4], 100)).await.expect("history");
+    let unknown = b
+        .history(&ch("hist.never"), q(cursors[4], 100))
+        .await
+        .expect("history");
     assert!(!unknown.gap && unknown.messages.is_empty());
 }
 
@@ -205,7 +226,10 @@ where
     let q = |after| HistoryQuery { after, limit: 100 };
     let page = b.history(&c, q(Cursor::ZERO)).await.expect("history");
     assert!(page.gap, "two messages were evicted");
-    assert_eq!(page.messages.iter().map(|m| m.cursor).collect::<Vec<_>>(), cursors[2..]);
+    assert_eq!(
+        page.messages.iter().map(|m| m.cursor).collect::<Vec<_>>(),
+        cursors[2..]
+    );
 
     let page = b.history(&c, q(cursors[0])).await.expect("history");
     assert!(page.gap, "message 1 was evicted");
@@ -233,17 +257,29 @@ where
     loop {
         let page = b.history(&c, q(Cursor::ZERO)).await.expect("history");
         if page.messages.is_empty() {
-            assert!(page.gap, "an expired message is a gap for a resume from before it");
+            assert!(
+                page.gap,
+                "an expired message is a gap for a resume from before it"
+            );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "message never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let page = b.history(&c, q(first)).await.expect("history");
-    assert!(!page.gap && page.messages.is_empty(), "nothing after {first:?} was lost");
+    assert!(
+        !page.gap && page.messages.is_empty(),
+        "nothing after {first:?} was lost"
+    );
     let second = publish(&b, &c, "2").await;
     let page = b.history(&c, q(first)).await.expect("history");
-    assert_eq!(page.messages.iter().map(|m| m.cursor).collect::<Vec<_>>(), [second]);
+    assert_eq!(
+        page.messages.iter().map(|m| m.cursor).collect::<Vec<_>>(),
+        [second]
+    );
 }
 
 /// A repeated idempotency key stores nothing new and answers with the first cursor.
@@ -264,8 +300,16 @@ where
     assert_eq!(first.cursor, again.cursor);
     assert_eq!(next_message(&mut sub).await.cursor, first.cursor);
     expect_silence(&mut sub).await;
-    let page =
-        b.history(&c, HistoryQuery { after: Cursor::ZERO, limit: 10 }).await.expect("history");
+    let page = b
+        .history(
+            &c,
+            HistoryQuery {
+                after: Cursor::ZERO,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("history");
     assert_eq!(page.messages.len(), 1);
 }
 
@@ -282,9 +326,27 @@ where
     let cursor = publish(&b, &c, "true").await;
     assert!(cursor > before);
     assert_eq!(b.head().await.expect("head"), cursor);
-    let page = b.history(&c, HistoryQuery { after: cursor, limit: 10 }).await.expect("history");
+    let page = b
+        .history(
+            &c,
+            HistoryQuery {
+                after: cursor,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("history");
     assert!(!page.gap && page.messages.is_empty());
-    let page = b.history(&c, HistoryQuery { after: before, limit: 10 }).await.expect("history");
+    let page = b
+        .history(
+            &c,
+            HistoryQuery {
+                after: before,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("history");
     assert!(!page.gap);
     assert_eq!(page.messages.len(), 1);
 }
@@ -300,7 +362,16 @@ where
     let c = ch("ahead");
     let cursor = publish(&b, &c, "1").await;
     let future = Cursor(cursor.0 + 1_000_000_000);
-    let page = b.history(&c, HistoryQuery { after: future, limit: 10 }).await.expect("history");
+    let page = b
+        .history(
+            &c,
+            HistoryQuery {
+                after: future,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("history");
     assert!(page.gap);
 }
 
@@ -335,7 +406,10 @@ where
     while received.len() < published.len() {
         received.push(next_message(&mut sub).await.cursor);
     }
-    assert!(received.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing"
+    );
     assert_eq!(received, published);
 }
 

@@ -65,7 +65,17 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "garbage", "-1", "+1", "01", "1.0", " 1", "18446744073709551616", "0x10"] {
+        for bad in [
+            "",
+            "garbage",
+            "-1",
+            "+1",
+            "01",
+            "1.0",
+            " 1",
+            "18446744073709551616",
+            "0x10",
+        ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
         }
     }

@@ -30,7 +30,10 @@ impl Payload {
     pub fn from_json(raw: impl Into<Bytes>, limit: usize) -> Result<Self, InvalidPayload> {
         let raw: Bytes = raw.into();
         if raw.len() > limit {
-            return Err(InvalidPayload::TooLarge { size: raw.len(), limit });
+            return Err(InvalidPayload::TooLarge {
+                size: raw.len(),
+                limit,
+            });
         }
         serde_json::from_slice::<serde::de::IgnoredAny>(&raw)
             .map_err(|e| InvalidPayload::NotJson(e.to_string()))?;
@@ -138,9 +141,18 @@ mod tests {
 
     #[test]
     fn refuses_non_json_and_oversize() {
-        assert!(matches!(Payload::from_json(&b"hello"[..], 100), Err(InvalidPayload::NotJson(_))));
-        assert!(matches!(Payload::from_json(&b""[..], 100), Err(InvalidPayload::NotJson(_))));
-        assert!(matches!(Payload::from_json(&b"{} {}"[..], 100), Err(InvalidPayload::NotJson(_))));
+        assert!(matches!(
+            Payload::from_json(&b"hello"[..], 100),
+            Err(InvalidPayload::NotJson(_))
+        ));
+        assert!(matches!(
+            Payload::from_json(&b""[..], 100),
+            Err(InvalidPayload::NotJson(_))
+        ));
+        assert!(matches!(
+            Payload::from_json(&b"{} {}"[..], 100),
+            Err(InvalidPayload::NotJson(_))
+        ));
         assert_eq!(
             Payload::from_json(&b"\"12345\""[..], 5),
             Err(InvalidPayload::TooLarge { size: 7, limit: 5 })

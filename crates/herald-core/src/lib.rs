@@ -42,6 +42,48 @@ impl HistoryLimits {
 
 impl Default for HistoryLimits {
     fn default() -> Self {
-        Self { max_messages: Self::DEFAULT_MAX_MESSAGES, max_age: Self::DEFAULT_MAX_AGE }
+        Self {
+            max_messages: Self::DEFAULT_MAX_MESSAGES,
+            max_age: Self::DEFAULT_MAX_AGE,
+        }
+    }
+}
+
+/// The four client protocols. Used as the `protocol` label of metrics and in node stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// `GET /ws`.
+    WebSocket,
+    /// `GET /sse`.
+    Sse,
+    /// `GET /poll?wait=N` (N >= 1).
+    LongPoll,
+    /// `GET /poll` without `wait`.
+    Poll,
+}
+
+impl Protocol {
+    /// Every protocol, in a fixed order.
+    pub const ALL: [Protocol; 4] = [
+        Protocol::WebSocket,
+        Protocol::Sse,
+        Protocol::LongPoll,
+        Protocol::Poll,
+    ];
+
+    /// The metric label / stats key: `websocket`, `sse`, `longpoll`, `poll`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::WebSocket => "websocket",
+            Protocol::Sse => "sse",
+            Protocol::LongPoll => "longpoll",
+            Protocol::Poll => "poll",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -223,13 +223,21 @@ impl Broker for MemoryBroker {
                 }
             }
             if let Some(&cursor) = state.dedup.get(key) {
-                return Ok(Published { cursor: Cursor(cursor), duplicate: true });
+                return Ok(Published {
+                    cursor: Cursor(cursor),
+                    duplicate: true,
+                });
             }
         }
 
         let seq = now.max(state.last + 1);
         state.last = seq;
-        let msg = Arc::new(Message::new(request.channel.clone(), Cursor(seq), now, request.data));
+        let msg = Arc::new(Message::new(
+            request.channel.clone(),
+            Cursor(seq),
+            now,
+            request.data,
+        ));
         let cutoff = self.age_cutoff(now);
         let chan = state.channels.entry(request.channel).or_default();
         chan.evict_expired(cutoff);
@@ -246,13 +254,21 @@ impl Broker for MemoryBroker {
             state.dedup.insert(key.clone(), seq);
             state.dedup_order.push_back((expires, key));
         }
-        Ok(Published { cursor: Cursor(seq), duplicate: false })
+        Ok(Published {
+            cursor: Cursor(seq),
+            duplicate: false,
+        })
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription, BrokerError> {
         let (tx, rx) = mpsc::channel(self.inner.config.live_buffer.max(1));
         let mut state = self.inner.state.lock();
-        state.channels.entry(channel.clone()).or_default().subs.push(LiveSub { tx, lagged: false });
+        state
+            .channels
+            .entry(channel.clone())
+            .or_default()
+            .subs
+            .push(LiveSub { tx, lagged: false });
         Ok(Subscription::new(ReceiverStream::new(rx)))
     }
 
@@ -275,8 +291,16 @@ impl Broker for MemoryBroker {
         };
         chan.evict_expired(cutoff);
         let start = chan.history.partition_point(|m| m.cursor.0 <= after);
-        let messages = chan.history.range(start..).take(query.limit).cloned().collect();
-        Ok(HistoryPage { messages, gap: ahead || before_epoch || after < chan.evicted_through })
+        let messages = chan
+            .history
+            .range(start..)
+            .take(query.limit)
+            .cloned()
+            .collect();
+        Ok(HistoryPage {
+            messages,
+            gap: ahead || before_epoch || after < chan.evicted_through,
+        })
     }
 
     async fn head(&self) -> Result<Cursor, BrokerError> {
@@ -297,7 +321,10 @@ mod tests {
     use super::*;
 
     fn broker(history: HistoryLimits) -> MemoryBroker {
-        MemoryBroker::new(MemoryBrokerConfig { history, ..Default::default() })
+        MemoryBroker::new(MemoryBrokerConfig {
+            history,
+            ..Default::default()
+        })
     }
 
     crate::broker_conformance_tests!(|limits| async move { broker(limits) });
@@ -326,29 +353,52 @@ mod tests {
         drop(old);
         tokio::time::sleep(Duration::from_millis(2)).await;
         let new = broker(HistoryLimits::default());
-        let page = new.history(&ch, HistoryQuery { after: c, limit: 10 }).await.unwrap();
-        assert!(page.gap, "a restarted memory broker cannot vouch for what followed {c:?}");
+        let page = new
+            .history(
+                &ch,
+                HistoryQuery {
+                    after: c,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            page.gap,
+            "a restarted memory broker cannot vouch for what followed {c:?}"
+        );
         let c2 = new.publish(req(2)).await.unwrap().cursor;
         assert!(c2 > c, "cursors keep increasing across restarts");
     }
 
     #[tokio::test]
     async fn slow_subscriber_gets_lagged_then_continues() {
-        let b = MemoryBroker::new(MemoryBrokerConfig { live_buffer: 2, ..Default::default() });
+        let b = MemoryBroker::new(MemoryBrokerConfig {
+            live_buffer: 2,
+            ..Default::default()
+        });
         let ch = ChannelName::new("a").unwrap();
         let mut sub = b.subscribe(&ch).await.unwrap();
         for n in 0..5 {
             let data = crate::Payload::from_json(n.to_string(), 100).unwrap();
-            b.publish(PublishRequest { channel: ch.clone(), data, idempotency_key: None })
-                .await
-                .unwrap();
+            b.publish(PublishRequest {
+                channel: ch.clone(),
+                data,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
         }
         assert!(matches!(sub.next().await, Some(LiveEvent::Message(_))));
         assert!(matches!(sub.next().await, Some(LiveEvent::Message(_))));
         let data = crate::Payload::from_json("9", 100).unwrap();
-        b.publish(PublishRequest { channel: ch.clone(), data, idempotency_key: None })
-            .await
-            .unwrap();
+        b.publish(PublishRequest {
+            channel: ch.clone(),
+            data,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
         assert!(matches!(sub.next().await, Some(LiveEvent::Lagged)));
         match sub.next().await {
             Some(LiveEvent::Message(m)) => assert_eq!(m.data.as_bytes(), b"9"),

@@ -11,7 +11,10 @@ use crate::{ChannelName, Cursor, Payload};
 
 /// Microseconds since the Unix epoch, now.
 pub fn unix_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// One published message. Shared (`Arc<Message>`) by history and every connection it is
@@ -64,7 +67,8 @@ impl Message {
 
     /// The WebSocket frame (valid UTF-8 JSON).
     pub fn ws_frame(&self) -> &Bytes {
-        self.ws.get_or_init(|| self.encode(br#"{"type":"message","#))
+        self.ws
+            .get_or_init(|| self.encode(br#"{"type":"message","#))
     }
 
     /// The SSE event, ready to write.
@@ -116,7 +120,12 @@ mod tests {
     #[test]
     fn encodings_are_valid_and_agree() {
         let data = Payload::from_json(&br#"{"t":"x\ny"}"#[..], 100).unwrap();
-        let m = Message::new(ChannelName::new("chat:1").unwrap(), Cursor(42), 1_700_000_000_123_456, data);
+        let m = Message::new(
+            ChannelName::new("chat:1").unwrap(),
+            Cursor(42),
+            1_700_000_000_123_456,
+            data,
+        );
         let v: serde_json::Value = serde_json::from_slice(m.json()).unwrap();
         assert_eq!(
             v,
@@ -128,6 +137,10 @@ mod tests {
         let sse = std::str::from_utf8(m.sse_event()).unwrap();
         assert!(sse.starts_with("id: 42\nevent: message\ndata: {"));
         assert!(sse.ends_with("}\n\n"));
-        assert_eq!(sse.matches('\n').count(), 4, "data stays on one line: {sse:?}");
+        assert_eq!(
+            sse.matches('\n').count(),
+            4,
+            "data stays on one line: {sse:?}"
+        );
     }
 }

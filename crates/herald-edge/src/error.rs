@@ -1,0 +1,114 @@
+//! Client-facing errors: the one place that maps failures to HTTP status codes and the JSON
+//! body `{"error":{"code":"...","message":"..."}}` (and WebSocket `error` frames).
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use herald_core::{BrokerError, InvalidChannel, InvalidCursor};
+
+/// Why a client request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A channel name is invalid.
+    #[error("invalid channel: {0}")]
+    InvalidChannel(#[from] InvalidChannel),
+    /// `since` / `Last-Event-ID` is not a cursor.
+    #[error("{0}")]
+    InvalidCursor(#[from] InvalidCursor),
+    /// `wait` is not 0-60.
+    #[error("invalid wait {0:?}: expected whole seconds from 0 to 60")]
+    InvalidWait(String),
+    /// A query parameter appeared twice where only one is allowed.
+    #[error("parameter {0:?} given more than once")]
+    Repeated(&'static str),
+    /// The request named no channel.
+    #[error("no channel given: add ?channel=NAME (repeat it for several channels)")]
+    NoChannels,
+    /// More channels than one connection may hold.
+    #[error("too many channels: at most {max} per connection")]
+    TooManyChannels {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The node holds its maximum number of connections.
+    #[error("this node is at its connection limit; retry another node or later")]
+    TooManyConnections,
+    /// The node is draining (shutting down or being rolled).
+    #[error("this node is draining; reconnect to another node")]
+    Draining,
+    /// The broker could not serve the request.
+    #[error("message broker unavailable; retry shortly")]
+    Broker(#[from] BrokerError),
+    /// A WebSocket command that could not be understood.
+    #[error("{0}")]
+    BadCommand(String),
+    /// A request to `/ws` that is not a WebSocket upgrade.
+    #[error("expected a WebSocket upgrade request: {0}")]
+    NotWebSocket(String),
+}
+
+impl EdgeError {
+    /// Machine-readable code for clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EdgeError::InvalidChannel(_) => "invalid_channel",
+            EdgeError::InvalidCursor(_) => "invalid_cursor",
+            EdgeError::InvalidWait(_) => "invalid_wait",
+            EdgeError::Repeated(_) => "invalid_request",
+            EdgeError::NoChannels => "missing_channel",
+            EdgeError::TooManyChannels { .. } => "too_many_channels",
+            EdgeError::TooManyConnections => "too_many_connections",
+            EdgeError::Draining => "draining",
+            EdgeError::Broker(_) => "broker_unavailable",
+            EdgeError::BadCommand(_) => "bad_command",
+            EdgeError::NotWebSocket(_) => "not_websocket",
+        }
+    }
+
+    /// The metric reason this refusal counts under.
+    pub(crate) fn refusal(&self) -> &'static str {
+        match self {
+            EdgeError::TooManyChannels { .. } => "too_many_channels",
+            EdgeError::TooManyConnections => "too_many_connections",
+            EdgeError::Draining => "draining",
+            EdgeError::Broker(_) => "broker_unavailable",
+            _ => "invalid_request",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            EdgeError::TooManyConnections | EdgeError::Draining | EdgeError::Broker(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            EdgeError::NotWebSocket(_) => StatusCode::UPGRADE_REQUIRED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The JSON error object (also the body of WebSocket `error` frames).
+    pub(crate) fn body(&self) -> serde_json::Value {
+        serde_json::json!({"code": self.code(), "message": self.to_string()})
+    }
+}
+
+impl IntoResponse for EdgeError {
+    fn into_response(self) -> Response {
+        if let EdgeError::Broker(e) = &self {
+            tracing::warn!(error = %e, "client request failed on the broker");
+        }
+        let status = self.status();
+        let mut resp = (status, Json(serde_json::json!({"error": self.body()}))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let EdgeError::NotWebSocket(_) = self {
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        resp
+    }
+}

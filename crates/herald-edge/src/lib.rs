@@ -1,0 +1,312 @@
+//! Herald's edge: holds client connections over WebSocket (`/ws`), Server-Sent Events
+//! (`/sse`), long-poll and interval poll (`/poll`), and feeds them from a [`Broker`] through
+//! local per-channel interest.
+//!
+//! The edge keeps nothing a restart may lose: a client's position is its cursor, so it can
+//! resume on any node.
+
+mod error;
+mod hub;
+mod outbox;
+mod params;
+mod poll;
+mod registry;
+mod server;
+mod session;
+mod sse;
+mod ws;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, RawQuery, State, ws::WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, Method},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use herald_core::{Broker, Protocol};
+use herald_telemetry::Metrics;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::EdgeError;
+pub use params::MAX_WAIT_SECS;
+
+/// Settings of the edge. Every field has a named default constant.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Bytes a connection's outbound queue may hold before it is disconnected as a slow
+    /// consumer.
+    pub outbox_bytes: usize,
+    /// Channels one connection (or poll request) may subscribe to.
+    pub max_channels_per_connection: usize,
+    /// Held connections (WebSocket, SSE, long-poll) this node accepts at once.
+    pub max_connections: usize,
+    /// Largest WebSocket frame or message a client may send.
+    pub max_client_frame: usize,
+    /// Interval of SSE comment lines that keep proxies from closing idle streams.
+    pub sse_heartbeat: Duration,
+    /// The `retry:` delay SSE clients wait before reconnecting.
+    pub sse_retry: Duration,
+    /// Interval of server pings on idle WebSockets; a peer silent for two is dropped.
+    pub ws_ping_interval: Duration,
+    /// Initial WebSocket read buffer per connection (grows for larger frames).
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer target per connection (frames are flushed past it).
+    pub ws_write_buffer: usize,
+    /// Most messages in one poll reply (the client polls again for the rest).
+    pub poll_max_messages: usize,
+    /// A poll client counts as connected this long after its last request.
+    pub poll_client_window: Duration,
+    /// Most messages per channel sent on a WebSocket/SSE resume (at least the history size).
+    pub catchup_limit: usize,
+    /// How long a channel keeps its broker subscription after its last local subscriber.
+    pub interest_linger: Duration,
+    /// Origins allowed by CORS on `/sse` and `/poll`; `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Time a client has to send its request headers (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted.
+    pub max_request_head: usize,
+}
+
+impl EdgeConfig {
+    /// Default outbound queue bound: 1 MiB.
+    pub const DEFAULT_OUTBOX_BYTES: usize = 1 << 20;
+    /// Default channels per connection.
+    pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 100;
+    /// Default held connections per node.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+    /// Default largest client frame: 64 KiB.
+    pub const DEFAULT_MAX_CLIENT_FRAME: usize = 64 << 10;
+    /// Default SSE heartbeat.
+    pub const DEFAULT_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+    /// Default SSE `retry:`.
+    pub const DEFAULT_SSE_RETRY: Duration = Duration::from_secs(2);
+    /// Default WebSocket ping interval.
+    pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
+    /// Default WebSocket read buffer: small, since client frames are small commands.
+    pub const DEFAULT_WS_READ_BUFFER: usize = 1024;
+    /// Default WebSocket write buffer target.
+    pub const DEFAULT_WS_WRITE_BUFFER: usize = 4096;
+    /// Default most messages per poll reply.
+    pub const DEFAULT_POLL_MAX_MESSAGES: usize = 1000;
+    /// Default poll client window.
+    pub const DEFAULT_POLL_CLIENT_WINDOW: Duration = Duration::from_secs(30);
+    /// Default resume catch-up per channel.
+    pub const DEFAULT_CATCHUP_LIMIT: usize = 10_000;
+    /// Default interest linger.
+    pub const DEFAULT_INTEREST_LINGER: Duration = Duration::from_secs(5);
+    /// Default header read timeout.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default largest request head: 16 KiB.
+    pub const DEFAULT_MAX_REQUEST_HEAD: usize = 16 << 10;
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            outbox_bytes: Self::DEFAULT_OUTBOX_BYTES,
+            max_channels_per_connection: Self::DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_client_frame: Self::DEFAULT_MAX_CLIENT_FRAME,
+            sse_heartbeat: Self::DEFAULT_SSE_HEARTBEAT,
+            sse_retry: Self::DEFAULT_SSE_RETRY,
+            ws_ping_interval: Self::DEFAULT_WS_PING_INTERVAL,
+            ws_read_buffer: Self::DEFAULT_WS_READ_BUFFER,
+            ws_write_buffer: Self::DEFAULT_WS_WRITE_BUFFER,
+            poll_max_messages: Self::DEFAULT_POLL_MAX_MESSAGES,
+            poll_client_window: Self::DEFAULT_POLL_CLIENT_WINDOW,
+            catchup_limit: Self::DEFAULT_CATCHUP_LIMIT,
+            interest_linger: Self::DEFAULT_INTEREST_LINGER,
+            cors_origins: vec!["*".into()],
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            max_request_head: Self::DEFAULT_MAX_REQUEST_HEAD,
+        }
+    }
+}
+
+/// State shared by every connection of the edge.
+pub(crate) struct EdgeInner {
+    pub(crate) config: EdgeConfig,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) hub: Arc<hub::Hub>,
+    pub(crate) registry: Arc<registry::Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) poll_clients: poll::PollClients,
+    /// Set when the node starts draining: new held connections are refused.
+    draining: AtomicBool,
+}
+
+impl EdgeInner {
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The client-facing edge of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<EdgeInner>,
+}
+
+impl Edge {
+    /// Builds the edge over `broker`. Must be called inside a tokio runtime (it starts the
+    /// poll-client bookkeeping task).
+    pub fn new(config: EdgeConfig, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Self {
+        let hub = Arc::new(hub::Hub::new(
+            broker.clone(),
+            metrics.clone(),
+            config.interest_linger,
+            config.catchup_limit.clamp(100, 10_000),
+        ));
+        let inner = Arc::new(EdgeInner {
+            registry: Arc::new(registry::Registry::new(
+                config.max_connections,
+                metrics.clone(),
+            )),
+            poll_clients: poll::PollClients::new(config.poll_client_window),
+            config,
+            broker,
+            hub,
+            metrics,
+            draining: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.poll_clients.prune(&inner.metrics);
+            }
+        });
+        Self { inner }
+    }
+
+    /// The HTTP routes: `/ws`, `/sse`, `/poll`, with CORS on `/sse` and `/poll`.
+    pub fn router(&self) -> Router {
+        let cors = cors_layer(&self.inner.config.cors_origins);
+        let polled = Router::new()
+            .route("/sse", get(sse_route))
+            .route("/poll", get(poll_route))
+            .layer(cors);
+        Router::new()
+            .route("/ws", get(ws_route))
+            .merge(polled)
+            .fallback(not_found)
+            .with_state(self.inner.clone())
+    }
+
+    /// Serves the routes on `listener` until `stop` is cancelled, then waits for open HTTP
+    /// requests (SSE streams, held polls) to finish. Upgraded WebSockets are not waited
+    /// for here; [`Edge::drain`] closes them.
+    pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
+        server::serve(listener, self.router(), stop, &self.inner.config).await;
+    }
+
+    /// Starts draining: new held connections are refused, and every held connection is told
+    /// to reconnect elsewhere, `rate` per second. Returns when all were told.
+    pub async fn drain(&self, rate: usize) {
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner.metrics.draining.set(1);
+        self.inner.registry.drain(rate).await;
+    }
+
+    /// Whether the edge is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.is_draining()
+    }
+
+    /// Held connections (WebSocket, SSE, long-poll) right now.
+    pub fn held_connections(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Channels with local interest right now.
+    pub fn active_channels(&self) -> usize {
+        self.inner.hub.channel_count()
+    }
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::OPTIONS])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn ws_route(
+    State(edge): State<Arc<EdgeInner>>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let result = (|| {
+        let upgrade = upgrade.map_err(|e| EdgeError::NotWebSocket(e.body_text()))?;
+        if edge.is_draining() {
+            return Err(EdgeError::Draining);
+        }
+        let initial = params::parse(query.as_deref(), edge.config.max_channels_per_connection)?;
+        let reg = edge
+            .registry
+            .register(Protocol::WebSocket, edge.config.outbox_bytes)
+            .ok_or(EdgeError::TooManyConnections)?;
+        Ok(ws::upgrade(edge.clone(), upgrade, reg, initial))
+    })();
+    result.unwrap_or_else(|e: EdgeError| {
+        edge.metrics.refuse(e.refusal());
+        e.into_response()
+    })
+}
+
+async fn sse_route(
+    State(edge): State<Arc<EdgeInner>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    sse::handle(edge.clone(), query, headers)
+        .await
+        .unwrap_or_else(|e| {
+            edge.metrics.refuse(e.refusal());
+            e.into_response()
+        })
+}
+
+async fn poll_route(
+    State(edge): State<Arc<EdgeInner>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let ip = connect.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
+    poll::handle(edge.clone(), ip, query)
+        .await
+        .unwrap_or_else(|e| {
+            edge.metrics.refuse(e.refusal());
+            e.into_response()
+        })
+}
+
+async fn not_found() -> Response {
+    let body = serde_json::json!({"error": {"code": "not_found",
+        "message": "no such endpoint: use /ws, /sse or /poll"}});
+    (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}

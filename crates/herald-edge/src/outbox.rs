@@ -1,0 +1,197 @@
+//! A connection's outbound queue: bounded in bytes, filled by the hub's fan-out without
+//! blocking, drained by the connection's writer.
+//!
+//! When full, the queue closes itself with [`Closed::SlowConsumer`]: the hub never waits for a
+//! slow client, and the client resumes from its last cursor without loss.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use herald_core::{ChannelName, Message};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Something the hub hands a connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    /// A live message.
+    Message(Arc<Message>),
+    /// The node could not repair its live feed of this channel: the client may have missed
+    /// messages and must be told.
+    Gap(ChannelName),
+}
+
+impl Item {
+    fn size(&self) -> usize {
+        match self {
+            Item::Message(m) => m.wire_size(),
+            Item::Gap(c) => c.as_str().len() + 32,
+        }
+    }
+}
+
+/// Puts a batch in cursor order (gaps first): live feeds of different channels are not
+/// ordered with each other, and clients resume a channel set from one cursor.
+pub(crate) fn sort_batch(batch: &mut [Item]) {
+    batch.sort_by_key(|i| match i {
+        Item::Message(m) => m.cursor,
+        Item::Gap(_) => herald_core::Cursor::ZERO,
+    });
+}
+
+/// Why an outbox stopped accepting items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// The queue overflowed its byte bound.
+    SlowConsumer,
+    /// The node asked this connection to leave (drain).
+    Drain,
+}
+
+/// Bounded, multi-producer, single-consumer queue of [`Item`]s.
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    /// Most bytes of items held at once.
+    limit: usize,
+}
+
+struct State {
+    items: VecDeque<Item>,
+    bytes: usize,
+    closed: Option<Closed>,
+}
+
+impl Outbox {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                bytes: 0,
+                closed: None,
+            }),
+            notify: Notify::new(),
+            limit,
+        }
+    }
+
+    /// Queues an item without waiting. Returns false when the outbox is closed, including
+    /// when this item made it overflow (then the queue is cleared and closed).
+    pub(crate) fn push(&self, item: Item) -> bool {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return false;
+        }
+        let size = item.size();
+        if s.bytes + size > self.limit {
+            s.closed = Some(Closed::SlowConsumer);
+            s.items = VecDeque::new();
+            s.bytes = 0;
+            drop(s);
+            self.notify.notify_one();
+            return false;
+        }
+        s.bytes += size;
+        s.items.push_back(item);
+        let was_empty = s.items.len() == 1;
+        drop(s);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Closes the outbox for `reason` (if not closed already) and wakes the writer.
+    pub(crate) fn close(&self, reason: Closed) {
+        let mut s = self.state.lock();
+        if s.closed.is_none() {
+            s.closed = Some(reason);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Why the outbox is closed, if it is.
+    #[cfg(test)]
+    pub(crate) fn closed(&self) -> Option<Closed> {
+        self.state.lock().closed
+    }
+
+    /// Waits for items, then moves all of them into `out`. Returns the close reason instead
+    /// once closed (queued items are then dropped: the client resumes from its cursor).
+    pub(crate) async fn next_batch(&self, out: &mut Vec<Item>) -> Result<(), Closed> {
+        loop {
+            {
+                let mut s = self.state.lock();
+                if let Some(reason) = s.closed {
+                    return Err(reason);
+                }
+                if !s.items.is_empty() {
+                    out.extend(s.items.drain(..));
+                    s.bytes = 0;
+                    if s.items.capacity() > 64 {
+                        s.items.shrink_to(16);
+                    }
+                    return Ok(());
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{Cursor, Payload};
+
+    fn msg(n: u64) -> Item {
+        let data = Payload::from_json(format!("\"{}\"", "x".repeat(100)), 1000).unwrap();
+        Item::Message(Arc::new(Message::new(
+            ChannelName::new("c").unwrap(),
+            Cursor(n),
+            0,
+            data,
+        )))
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_as_slow_consumer() {
+        let o = Outbox::new(1000);
+        let mut pushed = 0;
+        while o.push(msg(pushed)) {
+            pushed += 1;
+        }
+        assert!(pushed > 0 && pushed < 10);
+        assert_eq!(o.closed(), Some(Closed::SlowConsumer));
+        let mut out = Vec::new();
+        assert_eq!(o.next_batch(&mut out).await, Err(Closed::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn batches_in_order_and_wakes_writer() {
+        let o = Arc::new(Outbox::new(1 << 20));
+        let writer = {
+            let o = o.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 3 {
+                    o.next_batch(&mut got).await.unwrap();
+                }
+                got
+            })
+        };
+        for n in 1..=3 {
+            tokio::task::yield_now().await;
+            assert!(o.push(msg(n)));
+        }
+        let got = writer.await.unwrap();
+        let cursors: Vec<_> = got
+            .iter()
+            .map(|i| match i {
+                Item::Message(m) => m.cursor.0,
+                Item::Gap(_) => 0,
+            })
+            .collect();
+        assert_eq!(cursors, [1, 2, 3]);
+    }
+}

@@ -1,0 +1,318 @@
+//! `GET /poll`: interval polling (no `wait`: answers at once) and long-polling (`wait=1..60`:
+//! held until at least one message arrives or `wait` runs out). Stateless: the reply's
+//! `cursor` is all a client needs for its next poll, on any node.
+//!
+//! Reply: `{"messages":[..],"cursor":"C","gap":false,"gaps":[]}`.
+//!
+//! A poll "connection" (the `herald_connections` gauge for `poll` and `longpoll`) is a
+//! distinct client (remote IP and channel set) seen within the last `poll_client_window`,
+//! including requests in flight.
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use bytes::{BufMut, BytesMut};
+use herald_core::{ChannelName, Cursor, HistoryQuery, Message, Protocol, unix_micros};
+use herald_telemetry::{CloseReason, Metrics};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::{EdgeError, EdgeInner, outbox::Item, params, session::Session};
+
+/// Most distinct poll clients tracked for the connection gauge; past it, new ones are not
+/// counted (the gauge saturates instead of memory growing).
+const MAX_TRACKED_POLL_CLIENTS: usize = 200_000;
+
+/// Recently active poll clients, for the connection gauges.
+pub(crate) struct PollClients {
+    window: Duration,
+    clients: Mutex<HashMap<u64, Seen>>,
+}
+
+struct Seen {
+    protocol: Protocol,
+    last: Instant,
+    in_flight: u32,
+}
+
+impl PollClients {
+    pub(crate) fn new(window: Duration) -> Self {
+        Self {
+            window,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(ip: Option<IpAddr>, channels: &[ChannelName], protocol: Protocol) -> u64 {
+        let mut names: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (ip, names, protocol).hash(&mut h);
+        h.finish()
+    }
+
+    fn begin(&self, key: u64, protocol: Protocol, metrics: &Metrics) {
+        let mut clients = self.clients.lock();
+        if let Some(seen) = clients.get_mut(&key) {
+            seen.in_flight += 1;
+            seen.last = Instant::now();
+        } else if clients.len() < MAX_TRACKED_POLL_CLIENTS {
+            clients.insert(
+                key,
+                Seen {
+                    protocol,
+                    last: Instant::now(),
+                    in_flight: 1,
+                },
+            );
+            metrics
+                .connections
+                .with_label_values(&[protocol.as_str()])
+                .inc();
+            metrics
+                .connections_opened
+                .with_label_values(&[protocol.as_str()])
+                .inc();
+        }
+    }
+
+    fn end(&self, key: u64) {
+        if let Some(seen) = self.clients.lock().get_mut(&key) {
+            seen.in_flight = seen.in_flight.saturating_sub(1);
+            seen.last = Instant::now();
+        }
+    }
+
+    /// Forgets clients idle for longer than the window (run periodically).
+    pub(crate) fn prune(&self, metrics: &Metrics) {
+        let now = Instant::now();
+        self.clients.lock().retain(|_, seen| {
+            let keep = seen.in_flight > 0 || now.duration_since(seen.last) < self.window;
+            if !keep {
+                let p = seen.protocol.as_str();
+                metrics.connections.with_label_values(&[p]).dec();
+                metrics
+                    .connections_closed
+                    .with_label_values(&[p, CloseReason::Normal.as_str()])
+                    .inc();
+            }
+            keep
+        });
+    }
+}
+
+/// Ends a tracked poll request when dropped (also when the client goes away mid-wait).
+struct InFlight<'a> {
+    clients: &'a PollClients,
+    key: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.clients.end(self.key);
+    }
+}
+
+struct Reply {
+    messages: Vec<Arc<Message>>,
+    cursor: Cursor,
+    gaps: Vec<ChannelName>,
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let size: usize = self.messages.iter().map(|m| m.json().len() + 1).sum();
+        let mut b = BytesMut::with_capacity(size + 64);
+        b.put_slice(b"{\"messages\":[");
+        for (i, m) in self.messages.iter().enumerate() {
+            if i > 0 {
+                b.put_u8(b',');
+            }
+            b.put_slice(m.json());
+        }
+        let gaps: Vec<&str> = self.gaps.iter().map(|c| c.as_str()).collect();
+        let tail = serde_json::json!({"gap": !gaps.is_empty(), "gaps": gaps});
+        b.put_slice(format!("],\"cursor\":\"{}\",", self.cursor).as_bytes());
+        // `tail` is an object; splice its members after ours.
+        let tail = tail.to_string();
+        b.put_slice(&tail.as_bytes()[1..]);
+        let mut resp = b.freeze().into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+/// Handles `GET /poll`.
+pub(crate) async fn handle(
+    edge: Arc<EdgeInner>,
+    ip: Option<IpAddr>,
+    raw_query: Option<String>,
+) -> Result<Response, EdgeError> {
+    let q = params::parse(
+        raw_query.as_deref(),
+        edge.config.max_channels_per_connection,
+    )?;
+    if q.channels.is_empty() {
+        return Err(EdgeError::NoChannels);
+    }
+    // A draining node answers at once, so held polls move to other nodes.
+    let wait = if edge.is_draining() {
+        0
+    } else {
+        q.wait.unwrap_or(0)
+    };
+    let protocol = if q.wait.unwrap_or(0) > 0 {
+        Protocol::LongPoll
+    } else {
+        Protocol::Poll
+    };
+    let key = PollClients::key(ip, &q.channels, protocol);
+    edge.poll_clients.begin(key, protocol, &edge.metrics);
+    let _in_flight = InFlight {
+        clients: &edge.poll_clients,
+        key,
+    };
+
+    let reply = if wait == 0 {
+        interval(&edge, &q.channels, q.since).await?
+    } else {
+        long(&edge, &q.channels, q.since, Duration::from_secs(wait)).await?
+    };
+    let now = unix_micros();
+    for m in &reply.messages {
+        edge.metrics.delivered(protocol, m.published_us, now);
+    }
+    if !reply.gaps.is_empty() {
+        edge.metrics
+            .gaps
+            .with_label_values(&[protocol.as_str()])
+            .inc();
+    }
+    Ok(reply.into_response())
+}
+
+async fn interval(
+    edge: &EdgeInner,
+    channels: &[ChannelName],
+    since: Option<Cursor>,
+) -> Result<Reply, EdgeError> {
+    let broker = &edge.broker;
+    let Some(since) = since else {
+        return Ok(Reply {
+            messages: vec![],
+            cursor: broker.head().await?,
+            gaps: vec![],
+        });
+    };
+    let limit = edge.config.poll_max_messages;
+    let query = HistoryQuery {
+        after: since,
+        limit,
+    };
+    edge.metrics.history_reads.inc_by(channels.len() as u64);
+    let pages =
+        futures_util::future::join_all(channels.iter().map(|c| broker.history(c, query))).await;
+    let mut messages = Vec::new();
+    let mut gaps = Vec::new();
+    for (c, page) in channels.iter().zip(pages) {
+        let page = page?;
+        if page.gap {
+            gaps.push(c.clone());
+        }
+        messages.extend(page.messages);
+    }
+    messages.sort_by_key(|m| m.cursor);
+    messages.truncate(limit);
+    let cursor = match messages.last() {
+        Some(m) => m.cursor,
+        // A gap with nothing retained may mean a cursor this broker never issued: hand out
+        // the head so the client does not keep asking from a position that cannot resume.
+        None if !gaps.is_empty() => broker.head().await?.min(since),
+        None => since,
+    };
+    Ok(Reply {
+        messages,
+        cursor,
+        gaps,
+    })
+}
+
+async fn long(
+    edge: &Arc<EdgeInner>,
+    channels: &[ChannelName],
+    since: Option<Cursor>,
+    wait: Duration,
+) -> Result<Reply, EdgeError> {
+    let reg = edge
+        .registry
+        .register(Protocol::LongPoll, edge.config.outbox_bytes)
+        .ok_or(EdgeError::TooManyConnections)?;
+    let mut session = Session::new(edge.clone(), reg);
+    let catchup = session
+        .subscribe(channels, since, Some(edge.config.poll_max_messages))
+        .await?;
+    let mut cursor = catchup.messages.last().map_or(catchup.cursor, |m| m.cursor);
+    if !catchup.messages.is_empty() || !catchup.gaps.is_empty() {
+        if catchup.messages.is_empty() {
+            cursor = edge.broker.head().await?.min(catchup.cursor);
+        }
+        return Ok(Reply {
+            messages: catchup.messages,
+            cursor,
+            gaps: catchup.gaps,
+        });
+    }
+    let outbox = session.reg.outbox.clone();
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            r = outbox.next_batch(&mut batch) => {
+                if r.is_err() {
+                    // Drained or overflowed: answer now; the cursor loses nothing.
+                    return Ok(Reply { messages: vec![], cursor, gaps: vec![] });
+                }
+                let mut messages = Vec::new();
+                let mut lost = false;
+                for item in batch.drain(..) {
+                    match item {
+                        Item::Message(m) => {
+                            if session.admit(&m) {
+                                messages.push(m);
+                            }
+                        }
+                        Item::Gap(_) => lost = true,
+                    }
+                }
+                if lost || (channels.len() > 1 && !messages.is_empty()) {
+                    // Live feeds of different channels are not ordered with each other, and
+                    // a repaired feed may have lost messages: history is authoritative, so
+                    // answer from it (it reports a gap only if one really exists).
+                    drop(session);
+                    return interval(edge, channels, Some(cursor)).await;
+                }
+                if !messages.is_empty() {
+                    messages.truncate(edge.config.poll_max_messages);
+                    let cursor = messages.last().map_or(cursor, |m| m.cursor);
+                    return Ok(Reply { messages, cursor, gaps: vec![] });
+                }
+            }
+            () = &mut deadline => return Ok(Reply { messages: vec![], cursor, gaps: vec![] }),
+        }
+    }
+}

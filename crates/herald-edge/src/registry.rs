@@ -1,0 +1,122 @@
+//! Held client connections (WebSocket, SSE, long-poll): counted per protocol against the
+//! node's limit, and reachable for draining.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use herald_core::Protocol;
+use herald_telemetry::{CloseReason, Metrics};
+use parking_lot::Mutex;
+
+use crate::outbox::{Closed, Outbox};
+
+/// Every held connection of this node.
+pub(crate) struct Registry {
+    next_id: AtomicU64,
+    /// Held connections right now (all protocols), checked against `max`.
+    count: AtomicUsize,
+    /// Most held connections at once.
+    max: usize,
+    /// Outbox per connection: closing it with [`Closed::Drain`] makes the connection leave.
+    conns: Mutex<HashMap<u64, Arc<Outbox>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A registered connection; unregisters (and counts the close) when dropped.
+pub(crate) struct Registration {
+    registry: Arc<Registry>,
+    /// Node-unique connection id.
+    pub(crate) id: u64,
+    pub(crate) protocol: Protocol,
+    /// The connection's outbound queue.
+    pub(crate) outbox: Arc<Outbox>,
+    /// Why it ended, recorded by the protocol handler before dropping.
+    pub(crate) reason: CloseReason,
+}
+
+impl Registry {
+    pub(crate) fn new(max: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            count: AtomicUsize::new(0),
+            max,
+            conns: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Admits a connection, or `None` when the node holds its maximum.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        protocol: Protocol,
+        outbox_bytes: usize,
+    ) -> Option<Registration> {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(outbox_bytes));
+        self.conns.lock().insert(id, outbox.clone());
+        self.metrics
+            .connections
+            .with_label_values(&[protocol.as_str()])
+            .inc();
+        self.metrics
+            .connections_opened
+            .with_label_values(&[protocol.as_str()])
+            .inc();
+        Some(Registration {
+            registry: self.clone(),
+            id,
+            protocol,
+            outbox,
+            reason: CloseReason::Normal,
+        })
+    }
+
+    /// Connections held right now.
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Asks every held connection to leave, `rate` per second (at least one batch every
+    /// 10 ms), so clients reconnect elsewhere without a storm. Returns when all were asked.
+    pub(crate) async fn drain(&self, rate: usize) {
+        let outboxes: Vec<Arc<Outbox>> = self.conns.lock().values().cloned().collect();
+        let per_tick = (rate / 100).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for chunk in outboxes.chunks(per_tick) {
+            tick.tick().await;
+            for outbox in chunk {
+                outbox.close(Closed::Drain);
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let r = &self.registry;
+        r.conns.lock().remove(&self.id);
+        r.count.fetch_sub(1, Ordering::AcqRel);
+        let p = self.protocol.as_str();
+        r.metrics.connections.with_label_values(&[p]).dec();
+        r.metrics
+            .connections_closed
+            .with_label_values(&[p, self.reason.as_str()])
+            .inc();
+        if self.reason == CloseReason::SlowConsumer {
+            r.metrics
+                .slow_consumer_disconnects
+                .with_label_values(&[p])
+                .inc();
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A client's subscriptions and resume logic, shared by every held protocol.
+//!
+//! To subscribe, the session first joins the hub (live feed in place, its messages queuing in
+//! the outbox), then reads history after the client's cursor and merges the channels in
+//! cursor order. From then on it admits a live message only if it is newer than the last one
+//! delivered on that channel, so the history/live overlap yields no duplicate and no loss.
+
+use std::{collections::HashMap, sync::Arc};
+
+use futures_util::future::join_all;
+use herald_core::{ChannelName, Cursor, HistoryQuery, Message};
+
+use crate::{EdgeError, EdgeInner, registry::Registration};
+
+/// What a subscribe produced, to be written to the client before any live message.
+pub(crate) struct Catchup {
+    /// Channels newly subscribed, in request order.
+    pub(crate) channels: Vec<ChannelName>,
+    /// The resume point: the client's cursor, or the head for "from now".
+    pub(crate) cursor: Cursor,
+    /// Channels whose history could not cover the resume (tell the client first).
+    pub(crate) gaps: Vec<ChannelName>,
+    /// Retained messages after the cursor, all channels merged in cursor order.
+    pub(crate) messages: Vec<Arc<Message>>,
+}
+
+/// One held connection's subscriptions.
+pub(crate) struct Session {
+    pub(crate) edge: Arc<EdgeInner>,
+    pub(crate) reg: Registration,
+    /// Subscribed channels and the cursor of the last message delivered on each.
+    channels: HashMap<ChannelName, Cursor>,
+}
+
+impl Session {
+    pub(crate) fn new(edge: Arc<EdgeInner>, reg: Registration) -> Self {
+        Self {
+            edge,
+            reg,
+            channels: HashMap::new(),
+        }
+    }
+
+    /// Subscribes to `channels` (those not already subscribed), resuming after `since` or
+    /// from now. `limit` bounds the merged catch-up (`None`: everything retained).
+    pub(crate) async fn subscribe(
+        &mut self,
+        requested: &[ChannelName],
+        since: Option<Cursor>,
+        limit: Option<usize>,
+    ) -> Result<Catchup, EdgeError> {
+        let mut fresh: Vec<ChannelName> = Vec::new();
+        for c in requested {
+            if !self.channels.contains_key(c) && !fresh.contains(c) {
+                fresh.push(c.clone());
+            }
+        }
+        let max = self.edge.config.max_channels_per_connection;
+        if self.channels.len() + fresh.len() > max {
+            self.edge.metrics.refuse("too_many_channels");
+            return Err(EdgeError::TooManyChannels { max });
+        }
+
+        let hub = &self.edge.hub;
+        let (id, outbox) = (self.reg.id, &self.reg.outbox);
+        let joined = join_all(fresh.iter().map(|c| hub.join(c, id, outbox))).await;
+        if let Some(Err(e)) = joined.iter().find(|r| r.is_err()) {
+            let e = e.clone();
+            for c in &fresh {
+                hub.leave(c, id);
+            }
+            return Err(EdgeError::Broker(e));
+        }
+
+        let broker = &self.edge.broker;
+        let Some(since) = since else {
+            let head = broker
+                .head()
+                .await
+                .inspect_err(|_| self.leave_all(&fresh))?;
+            for c in &fresh {
+                self.channels.insert(c.clone(), head);
+            }
+            return Ok(Catchup {
+                channels: fresh,
+                cursor: head,
+                gaps: vec![],
+                messages: vec![],
+            });
+        };
+
+        let per_channel = limit.unwrap_or(self.edge.config.catchup_limit);
+        let query = HistoryQuery {
+            after: since,
+            limit: per_channel,
+        };
+        self.edge.metrics.history_reads.inc_by(fresh.len() as u64);
+        let pages = join_all(fresh.iter().map(|c| broker.history(c, query))).await;
+        let mut gaps = Vec::new();
+        let mut messages = Vec::new();
+        let mut lasts = Vec::with_capacity(fresh.len());
+        for (c, page) in fresh.iter().zip(pages) {
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    self.leave_all(&fresh);
+                    return Err(EdgeError::Broker(e));
+                }
+            };
+            if page.gap {
+                gaps.push(c.clone());
+            }
+            // After a gap nothing is known about `since` (it may even be a cursor this broker
+            // never issued), so only the retained messages bound what live may repeat.
+            let floor = if page.gap { Cursor::ZERO } else { since };
+            lasts.push(page.messages.last().map_or(floor, |m| m.cursor));
+            messages.extend(page.messages);
+        }
+        messages.sort_by_key(|m| m.cursor);
+        if let Some(limit) = limit
+            && messages.len() > limit
+        {
+            // Keep a prefix that is complete for every channel: the first `limit` of the
+            // merge are the true first `limit`, as each channel gave up to `limit`.
+            messages.truncate(limit);
+            let cut = messages.last().map_or(since, |m| m.cursor);
+            for last in &mut lasts {
+                *last = (*last).min(cut);
+            }
+        }
+        for (c, last) in fresh.iter().zip(lasts) {
+            self.channels.insert(c.clone(), last);
+        }
+        Ok(Catchup {
+            channels: fresh,
+            cursor: since,
+            gaps,
+            messages,
+        })
+    }
+
+    fn leave_all(&self, channels: &[ChannelName]) {
+        for c in channels {
+            self.edge.hub.leave(c, self.reg.id);
+        }
+    }
+
+    /// Unsubscribes; returns the channels that were subscribed.
+    pub(crate) fn unsubscribe(&mut self, channels: &[ChannelName]) -> Vec<ChannelName> {
+        let mut removed = Vec::new();
+        for c in channels {
+            if self.channels.remove(c).is_some() {
+                self.edge.hub.leave(c, self.reg.id);
+                removed.push(c.clone());
+            }
+        }
+        removed
+    }
+
+    /// Whether a live message should go to the client (subscribed and newer than the last
+    /// delivered on its channel); records it as delivered if so.
+    pub(crate) fn admit(&mut self, m: &Message) -> bool {
+        match self.channels.get_mut(&m.channel) {
+            Some(last) if m.cursor > *last => {
+                *last = m.cursor;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `c` is subscribed.
+    pub(crate) fn is_subscribed(&self, c: &ChannelName) -> bool {
+        self.channels.contains_key(c)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for c in self.channels.keys() {
+            self.edge.hub.leave(c, self.reg.id);
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! `GET /ws`: JSON text frames both ways.
+//!
+//! Client commands: `{"op":"subscribe","channels":[..],"since":"C"}`,
+//! `{"op":"unsubscribe","channels":[..]}`, `{"op":"ping"}`. Server frames carry `"type"`:
+//! `message`, `subscribed`, `unsubscribed`, `gap`, `pong`, `error`, `reconnect`. A malformed
+//! command gets an `error` frame and the connection stays open; oversized frames (1009),
+//! command floods (1008), slow consumption (1013) and draining (1012) close it.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use herald_core::{ChannelName, Cursor, Protocol, unix_micros};
+use herald_telemetry::CloseReason;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::{
+    EdgeError, EdgeInner,
+    outbox::{Closed, Item},
+    params::ClientQuery,
+    registry::Registration,
+    session::Session,
+};
+
+/// Close code: the node is going away; reconnect (RFC 6455 "Service Restart").
+const CLOSE_DRAINING: u16 = 1012;
+/// Close code: the client fell too far behind; reconnect and resume ("Try Again Later").
+const CLOSE_SLOW: u16 = 1013;
+/// Close code: a frame exceeded the size limit ("Message Too Big").
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: abuse such as a command flood ("Policy Violation").
+const CLOSE_POLICY: u16 = 1008;
+/// Commands a connection may send in a burst before the rate applies.
+const COMMAND_BURST: f64 = 200.0;
+/// Sustained commands per second per connection.
+const COMMAND_RATE: f64 = 50.0;
+
+#[derive(Deserialize)]
+struct RawCommand {
+    op: Option<String>,
+    channels: Option<Vec<String>>,
+    since: Option<String>,
+}
+
+enum Command {
+    Subscribe(Vec<ChannelName>, Option<Cursor>),
+    Unsubscribe(Vec<ChannelName>),
+    Ping,
+}
+
+fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> {
+    let bad = |m: String| EdgeError::BadCommand(m);
+    let raw: RawCommand = serde_json::from_str(text).map_err(|e| {
+        bad(format!(
+            "command is not a JSON object of the expected shape: {e}"
+        ))
+    })?;
+    let channels = |raw: RawCommand| -> Result<Vec<ChannelName>, EdgeError> {
+        let names = raw
+            .channels
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| bad("\"channels\" must be a non-empty list of channel names".into()))?;
+        if names.len() > max_channels {
+            return Err(EdgeError::TooManyChannels { max: max_channels });
+        }
+        Ok(names
+            .iter()
+            .map(|n| ChannelName::new(n))
+            .collect::<Result<_, _>>()?)
+    };
+    match raw.op.as_deref() {
+        Some("subscribe") => {
+            let since = raw.since.as_deref().map(str::parse::<Cursor>).transpose()?;
+            Ok(Command::Subscribe(channels(raw)?, since))
+        }
+        Some("unsubscribe") => Ok(Command::Unsubscribe(channels(raw)?)),
+        Some("ping") => Ok(Command::Ping),
+        Some(other) => Err(bad(format!(
+            "unknown op {:?}: expected subscribe, unsubscribe or ping",
+            other.chars().take(32).collect::<String>()
+        ))),
+        None => Err(bad(
+            "missing \"op\": expected subscribe, unsubscribe or ping".into(),
+        )),
+    }
+}
+
+fn frame(v: serde_json::Value) -> WsMessage {
+    WsMessage::Text(Utf8Bytes::from(v.to_string()))
+}
+
+fn error_frame(e: &EdgeError) -> WsMessage {
+    let mut body = e.body();
+    body["type"] = "error".into();
+    frame(body)
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let close = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(WsMessage::Close(Some(close))),
+    )
+    .await;
+}
+
+/// Token bucket against command floods.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * COMMAND_RATE;
+        self.tokens = (self.tokens + refill).min(COMMAND_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub(crate) async fn run(
+    edge: Arc<EdgeInner>,
+    mut socket: WebSocket,
+    reg: Registration,
+    initial: ClientQuery,
+) {
+    let mut session = Session::new(edge.clone(), reg);
+    let reason = serve(&edge, &mut socket, &mut session, initial).await;
+    session.reg.reason = reason;
+}
+
+async fn serve(
+    edge: &Arc<EdgeInner>,
+    socket: &mut WebSocket,
+    session: &mut Session,
+    initial: ClientQuery,
+) -> CloseReason {
+    if !initial.channels.is_empty()
+        && subscribe(socket, session, &initial.channels, initial.since)
+            .await
+            .is_err()
+    {
+        return CloseReason::Normal;
+    }
+    let outbox = session.reg.outbox.clone();
+    let period = edge.config.ws_ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    let mut last_heard = Instant::now();
+    let mut bucket = Bucket {
+        tokens: COMMAND_BURST,
+        at: Instant::now(),
+    };
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            r = outbox.next_batch(&mut batch) => match r {
+                Ok(()) => {
+                    if write_batch(edge, socket, session, &mut batch).await.is_err() {
+                        return CloseReason::Normal;
+                    }
+                }
+                Err(Closed::SlowConsumer) => {
+                    let e = serde_json::json!({"type": "error", "code": "slow_consumer",
+                        "message": "outbound queue full: reconnect and resume from your last id"});
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame(e))).await;
+                    close(socket, CLOSE_SLOW, "slow consumer").await;
+                    return CloseReason::SlowConsumer;
+                }
+                Err(Closed::Drain) => {
+                    let f = frame(serde_json::json!({"type": "reconnect", "reason": "draining"}));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(f)).await;
+                    close(socket, CLOSE_DRAINING, "draining").await;
+                    return CloseReason::Drain;
+                }
+            },
+            incoming = socket.recv() => {
+                last_heard = Instant::now();
+                let text = match incoming {
+                    None | Some(Ok(WsMessage::Close(_))) => return CloseReason::Normal,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "websocket read failed");
+                        if is_capacity(&e) {
+                            close(socket, CLOSE_TOO_BIG, "frame too large").await;
+                            return CloseReason::ProtocolError;
+                        }
+                        return CloseReason::Normal;
+                    }
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        let e = EdgeError::BadCommand("binary frames are not supported: send JSON text frames".into());
+                        if socket.send(error_frame(&e)).await.is_err() {
+                            return CloseReason::Normal;
+                        }
+                        continue;
+                    }
+                    Some(Ok(_)) => continue, // ping/pong: answered by tungstenite
+                };
+                if !bucket.take() {
+                    close(socket, CLOSE_POLICY, "command rate exceeded").await;
+                    edge.metrics.refuse("invalid_request");
+                    return CloseReason::ProtocolError;
+                }
+                if command(edge, socket, session, &text).await.is_err() {
+                    return CloseReason::Normal;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > period * 2 {
+                    tracing::debug!("websocket peer silent for two ping periods; closing");
+                    return CloseReason::Normal;
+                }
+                if socket.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    return CloseReason::Normal;
+                }
+            }
+        }
+    }
+}
+
+fn is_capacity(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
+}
+
+async fn command(
+    edge: &Arc<EdgeInner>,
+    socket: &mut WebSocket,
+    session: &mut Session,
+    text: &str,
+) -> Result<(), axum::Error> {
+    match parse_command(text, edge.config.max_channels_per_connection) {
+        Ok(Command::Subscribe(channels, since)) => {
+            subscribe(socket, session, &channels, since).await
+        }
+        Ok(Command::Unsubscribe(channels)) => {
+            let removed = session.unsubscribe(&channels);
+            let names: Vec<&str> = removed.iter().map(|c| c.as_str()).collect();
+            socket
+                .send(frame(
+                    serde_json::json!({"type": "unsubscribed", "channels": names}),
+                ))
+                .await
+        }
+        Ok(Command::Ping) => {
+            socket
+                .send(frame(serde_json::json!({"type": "pong"})))
+                .await
+        }
+        Err(e) => {
+            edge.metrics.refuse(e.refusal());
+            socket.send(error_frame(&e)).await
+        }
+    }
+}
+
+async fn subscribe(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    channels: &[ChannelName],
+    since: Option<Cursor>,
+) -> Result<(), axum::Error> {
+    let catchup = match session.subscribe(channels, since, None).await {
+        Ok(c) => c,
+        Err(e) => {
+            session.edge.metrics.refuse(e.refusal());
+            let mut body = e.body();
+            body["type"] = "error".into();
+            body["channels"] = channels.iter().map(|c| c.as_str()).collect();
+            return socket.send(frame(body)).await;
+        }
+    };
+    let names: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
+    socket
+        .feed(frame(serde_json::json!({
+            "type": "subscribed", "channels": names, "cursor": catchup.cursor.to_string()
+        })))
+        .await?;
+    let metrics = &session.edge.metrics;
+    for gap in &catchup.gaps {
+        metrics
+            .gaps
+            .with_label_values(&[Protocol::WebSocket.as_str()])
+            .inc();
+        socket
+            .feed(frame(
+                serde_json::json!({"type": "gap", "channel": gap.as_str()}),
+            ))
+            .await?;
+    }
+    let now = unix_micros();
+    for m in &catchup.messages {
+        socket.feed(text_frame(m.ws_frame())).await?;
+        metrics.delivered(Protocol::WebSocket, m.published_us, now);
+    }
+    socket.flush().await
+}
+
+fn text_frame(bytes: &bytes::Bytes) -> WsMessage {
+    // Message frames are built from validated JSON and ASCII names: always UTF-8.
+    WsMessage::Text(
+        Utf8Bytes::try_from(bytes.clone()).unwrap_or_else(|_| Utf8Bytes::from_static("{}")),
+    )
+}
+
+async fn write_batch(
+    edge: &EdgeInner,
+    socket: &mut WebSocket,
+    session: &mut Session,
+    batch: &mut Vec<Item>,
+) -> Result<(), axum::Error> {
+    crate::outbox::sort_batch(batch);
+    let now = unix_micros();
+    for item in batch.drain(..) {
+        match item {
+            Item::Message(m) => {
+                if session.admit(&m) {
+                    socket.feed(text_frame(m.ws_frame())).await?;
+                    edge.metrics
+                        .delivered(Protocol::WebSocket, m.published_us, now);
+                }
+            }
+            Item::Gap(c) => {
+                if session.is_subscribed(&c) {
+                    edge.metrics
+                        .gaps
+                        .with_label_values(&[Protocol::WebSocket.as_str()])
+                        .inc();
+                    socket
+                        .feed(frame(
+                            serde_json::json!({"type": "gap", "channel": c.as_str()}),
+                        ))
+                        .await?;
+                }
+            }
+        }
+    }
+    socket.flush().await
+}
+
+/// Registers and upgrades; `reg` was admitted by the caller.
+pub(crate) fn upgrade(
+    edge: Arc<EdgeInner>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+    reg: Registration,
+    initial: ClientQuery,
+) -> axum::response::Response {
+    let c = &edge.config;
+    upgrade
+        .read_buffer_size(c.ws_read_buffer)
+        .write_buffer_size(c.ws_write_buffer)
+        .max_write_buffer_size(c.outbox_bytes.max(c.ws_write_buffer * 2))
+        .max_message_size(c.max_client_frame)
+        .max_frame_size(c.max_client_frame)
+        .on_upgrade(move |socket| run(edge, socket, reg, initial))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_or_explain() {
+        assert!(matches!(
+            parse_command(r#"{"op":"ping"}"#, 10),
+            Ok(Command::Ping)
+        ));
+        assert!(matches!(
+            parse_command(r#"{"op":"subscribe","channels":["a","b"],"since":"12"}"#, 10),
+            Ok(Command::Subscribe(c, Some(Cursor(12)))) if c.len() == 2
+        ));
+        for (bad, needle) in [
+            ("not json", "not a JSON object"),
+            (r#"{"op":"jump"}"#, "unknown op"),
+            (r#"{"channels":["a"]}"#, "missing \"op\""),
+            (r#"{"op":"subscribe"}"#, "non-empty list"),
+            (r#"{"op":"subscribe","channels":[]}"#, "non-empty list"),
+            (
+                r#"{"op":"subscribe","channels":["a b"]}"#,
+                "invalid channel",
+            ),
+            (
+                r#"{"op":"subscribe","channels":["a"],"since":"x"}"#,
+                "invalid cursor",
+            ),
+            (r#"{"op":"subscribe","channels":"a"}"#, "expected shape"),
+        ] {
+            let e = parse_command(bad, 10)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+}

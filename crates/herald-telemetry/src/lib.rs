@@ -1,0 +1,333 @@
+//! Herald's telemetry: the Prometheus metric families every component records into, and the
+//! `tracing` subscriber set-up.
+//!
+//! Every family is registered and every `protocol` series initialised at zero at start-up,
+//! so dashboards and alerts never see a missing series. No label ever holds a channel name or
+//! a client id.
+
+use herald_core::Protocol;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Why a client connection ended (the `reason` label of `herald_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client went away or the request completed normally.
+    Normal,
+    /// Its outbound queue overflowed.
+    SlowConsumer,
+    /// The node is draining.
+    Drain,
+    /// It broke the protocol (oversized frame, flood).
+    ProtocolError,
+    /// The broker failed while serving it.
+    BrokerError,
+}
+
+impl CloseReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Normal,
+        CloseReason::SlowConsumer,
+        CloseReason::Drain,
+        CloseReason::ProtocolError,
+        CloseReason::BrokerError,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Drain => "drain",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::BrokerError => "broker_error",
+        }
+    }
+}
+
+/// Requests refused by a limit or validation (the `reason` label of
+/// `herald_requests_refused_total`).
+pub const REFUSAL_REASONS: [&str; 6] = [
+    "invalid_request",
+    "too_many_connections",
+    "too_many_channels",
+    "message_too_large",
+    "broker_unavailable",
+    "draining",
+];
+
+/// Latency buckets (seconds) for delivery and publish histograms: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Every metric family of a node. Cheap to share (`Arc<Metrics>`); recording is lock-free.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections by protocol (poll: see docs/observability.md).
+    pub connections: IntGaugeVec,
+    /// Client connections opened, by protocol.
+    pub connections_opened: IntCounterVec,
+    /// Client connections closed, by protocol and reason.
+    pub connections_closed: IntCounterVec,
+    /// Messages accepted by the broker through this node's gRPC API.
+    pub messages_published: IntCounter,
+    /// Messages written to clients, by protocol.
+    pub messages_delivered: IntCounterVec,
+    /// Publish accepted to written to a client, seconds.
+    pub delivery_latency: Histogram,
+    /// (connection, channel) pairs with live interest on this node.
+    pub subscriptions: IntGauge,
+    /// Channels with live interest on this node.
+    pub channels: IntGauge,
+    /// 1 when the broker is reachable.
+    pub broker_connected: IntGauge,
+    /// Times the broker connection was re-established.
+    pub broker_reconnects: IntCounter,
+    /// Broker publish call duration, seconds.
+    pub broker_publish_duration: Histogram,
+    /// History reads issued to the broker (resumes, polls, repairs).
+    pub history_reads: IntCounter,
+    /// Clients disconnected because their outbound queue overflowed, by protocol.
+    pub slow_consumer_disconnects: IntCounterVec,
+    /// Gap signals sent to clients, by protocol.
+    pub gaps: IntCounterVec,
+    /// Requests refused by validation or a limit, by reason.
+    pub refused: IntCounterVec,
+    /// gRPC requests by method and status code.
+    pub grpc_requests: IntCounterVec,
+    /// gRPC request duration by method, seconds.
+    pub grpc_duration: HistogramVec,
+    /// 1 while the node drains.
+    pub draining: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every family (and the process collector) in a fresh registry.
+    pub fn new(node_id: &str, version: &str) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let protocols: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
+
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(m.clone()))?;
+                Ok(m)
+            };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let m = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(m.clone()))?;
+                Ok(m)
+            };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let m = IntGauge::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let m = IntCounter::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
+            let m = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+
+        let m = Self {
+            connections: gauge_vec(
+                "herald_connections",
+                "Open client connections by protocol.",
+                &["protocol"],
+            )?,
+            connections_opened: counter_vec(
+                "herald_connections_opened_total",
+                "Client connections opened, by protocol.",
+                &["protocol"],
+            )?,
+            connections_closed: counter_vec(
+                "herald_connections_closed_total",
+                "Client connections closed, by protocol and reason.",
+                &["protocol", "reason"],
+            )?,
+            messages_published: counter(
+                "herald_messages_published_total",
+                "Messages accepted by the broker through this node's gRPC API.",
+            )?,
+            messages_delivered: counter_vec(
+                "herald_messages_delivered_total",
+                "Messages written to clients, by protocol.",
+                &["protocol"],
+            )?,
+            delivery_latency: histogram(
+                "herald_delivery_latency_seconds",
+                "Time from publish accepted by the broker to the message written to a client.",
+            )?,
+            subscriptions: gauge(
+                "herald_subscriptions",
+                "Connection-channel subscriptions with live interest on this node.",
+            )?,
+            channels: gauge(
+                "herald_channels",
+                "Channels with live interest on this node.",
+            )?,
+            broker_connected: gauge(
+                "herald_broker_connected",
+                "1 when the broker is reachable, else 0.",
+            )?,
+            broker_reconnects: counter(
+                "herald_broker_reconnects_total",
+                "Times the broker connection was re-established.",
+            )?,
+            broker_publish_duration: histogram(
+                "herald_broker_publish_duration_seconds",
+                "Duration of broker publish calls.",
+            )?,
+            history_reads: counter(
+                "herald_history_reads_total",
+                "History reads issued to the broker (resumes, polls, repairs).",
+            )?,
+            slow_consumer_disconnects: counter_vec(
+                "herald_slow_consumer_disconnects_total",
+                "Clients disconnected because their outbound queue overflowed, by protocol.",
+                &["protocol"],
+            )?,
+            gaps: counter_vec(
+                "herald_gaps_total",
+                "Gap signals sent to clients (history could not cover a resume), by protocol.",
+                &["protocol"],
+            )?,
+            refused: counter_vec(
+                "herald_requests_refused_total",
+                "Client and API requests refused by validation or a limit, by reason.",
+                &["reason"],
+            )?,
+            grpc_requests: counter_vec(
+                "herald_grpc_requests_total",
+                "gRPC requests by method and status code.",
+                &["method", "code"],
+            )?,
+            grpc_duration: {
+                let m = HistogramVec::new(
+                    HistogramOpts::new(
+                        "herald_grpc_request_duration_seconds",
+                        "gRPC request duration by method.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["method"],
+                )?;
+                registry.register(Box::new(m.clone()))?;
+                m
+            },
+            draining: gauge(
+                "herald_draining",
+                "1 while the node drains its clients, else 0.",
+            )?,
+            registry,
+        };
+        for p in &protocols {
+            m.connections.with_label_values(&[p]);
+            m.connections_opened.with_label_values(&[p]);
+            m.messages_delivered.with_label_values(&[p]);
+            m.slow_consumer_disconnects.with_label_values(&[p]);
+            m.gaps.with_label_values(&[p]);
+            for r in CloseReason::ALL {
+                m.connections_closed.with_label_values(&[p, r.as_str()]);
+            }
+        }
+        for r in REFUSAL_REASONS {
+            m.refused.with_label_values(&[r]);
+        }
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "herald_build_info",
+                "Always 1; labels carry the version and node id.",
+            ),
+            &["version", "node"],
+        )?;
+        info.with_label_values(&[version, node_id]).set(1);
+        m.registry.register(Box::new(info))?;
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "encoding metrics failed");
+                String::new()
+            })
+    }
+
+    /// Records one delivery of a message published at `published_us` (µs since the epoch).
+    pub fn delivered(&self, protocol: Protocol, published_us: u64, now_us: u64) {
+        self.messages_delivered
+            .with_label_values(&[protocol.as_str()])
+            .inc();
+        self.delivery_latency
+            .observe(now_us.saturating_sub(published_us) as f64 / 1e6);
+    }
+
+    /// Counts a refused request.
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Installs the global `tracing` subscriber: `RUST_LOG`-style filter (default `info`), text or
+/// JSON lines on stderr.
+pub fn init_tracing(filter: &str, json: bool) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    if let Err(e) = result {
+        eprintln!("tracing was already initialised: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exported_at_start() {
+        let m = Metrics::new("n1", "0.0.0").unwrap();
+        let text = m.render();
+        for name in [
+            "herald_connections{protocol=\"websocket\"} 0",
+            "herald_connections{protocol=\"sse\"} 0",
+            "herald_connections{protocol=\"longpoll\"} 0",
+            "herald_connections{protocol=\"poll\"} 0",
+            "herald_messages_published_total 0",
+            "herald_delivery_latency_seconds_count 0",
+            "herald_slow_consumer_disconnects_total{protocol=\"poll\"} 0",
+            "herald_broker_connected 0",
+            "herald_subscriptions 0",
+            "herald_channels 0",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! One typed configuration, assembled from flags, `HERALD_*` environment variables and an
+//! optional TOML file (in that order of precedence), validated before any port is bound.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use herald_control::ControlConfig;
+use herald_core::{HistoryLimits, MemoryBrokerConfig};
+use herald_edge::EdgeConfig;
+use serde::Deserialize;
+
+/// Default client port address.
+pub(crate) const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+/// Default gRPC address.
+pub(crate) const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
+/// Default admin (metrics, health) address.
+pub(crate) const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9464";
+/// Default NATS URL.
+pub(crate) const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Default time allowed for draining on SIGTERM before the process exits anyway.
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default pace of drain: connections told to reconnect per second (raised if needed to
+/// finish within half the drain timeout).
+pub(crate) const DEFAULT_DRAIN_RATE: usize = 2000;
+
+/// Which broker carries messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BrokerKind {
+    /// Embedded, in-process: one node, nothing to install.
+    Memory,
+    /// NATS JetStream: any number of nodes.
+    Nats,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting of `herald serve`, each optional so flags, env and file can be layered.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// TOML file with any of these settings (snake_case keys).
+    #[arg(long, env = "HERALD_CONFIG")]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+    /// Client address (WebSocket, SSE, polling) [default: 0.0.0.0:8080].
+    #[arg(long, env = "HERALD_HTTP_ADDR")]
+    pub(crate) http_addr: Option<SocketAddr>,
+    /// gRPC control-plane address [default: 0.0.0.0:50051].
+    #[arg(long, env = "HERALD_GRPC_ADDR")]
+    pub(crate) grpc_addr: Option<SocketAddr>,
+    /// Admin address: /metrics, /healthz, /readyz [default: 0.0.0.0:9464].
+    #[arg(long, env = "HERALD_ADMIN_ADDR")]
+    pub(crate) admin_addr: Option<SocketAddr>,
+    /// Broker: memory (single node) or nats [default: memory].
+    #[arg(long, env = "HERALD_BROKER")]
+    pub(crate) broker: Option<BrokerKind>,
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "HERALD_NATS_URL")]
+    pub(crate) nats_url: Option<String>,
+    /// This node's id in logs, metrics and stats [default: host name].
+    #[arg(long, env = "HERALD_NODE_ID")]
+    pub(crate) node_id: Option<String>,
+    /// Messages kept per channel [default: 100].
+    #[arg(long, env = "HERALD_HISTORY_SIZE")]
+    pub(crate) history_size: Option<usize>,
+    /// How long messages are kept, e.g. 5m, 1h [default: 5m].
+    #[arg(long, env = "HERALD_HISTORY_TTL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) history_ttl: Option<Duration>,
+    /// Largest message data accepted, bytes [default: 65536].
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES")]
+    pub(crate) max_message_bytes: Option<usize>,
+    /// Outbound queue bound per connection, bytes [default: 1048576].
+    #[arg(long, env = "HERALD_OUTBOX_BYTES")]
+    pub(crate) outbox_bytes: Option<usize>,
+    /// Held connections per node [default: 100000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// Channels per connection [default: 100].
+    #[arg(long, env = "HERALD_MAX_CHANNELS_PER_CONNECTION")]
+    pub(crate) max_channels_per_connection: Option<usize>,
+    /// Origins allowed by CORS on /sse and /poll, comma-separated; * for any [default: *].
+    #[arg(long, env = "HERALD_CORS_ORIGINS")]
+    pub(crate) cors_origins: Option<String>,
+    /// SSE heartbeat interval [default: 15s].
+    #[arg(long, env = "HERALD_SSE_HEARTBEAT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) sse_heartbeat: Option<Duration>,
+    /// SSE retry: delay sent to clients [default: 2s].
+    #[arg(long, env = "HERALD_SSE_RETRY", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) sse_retry: Option<Duration>,
+    /// WebSocket ping interval [default: 30s].
+    #[arg(long, env = "HERALD_WS_PING_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) ws_ping_interval: Option<Duration>,
+    /// Time allowed to drain on SIGTERM [default: 20s].
+    #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) drain_timeout: Option<Duration>,
+    /// Connections told to reconnect per second while draining [default: 2000].
+    #[arg(long, env = "HERALD_DRAIN_RATE")]
+    pub(crate) drain_rate: Option<usize>,
+    /// Log filter, RUST_LOG syntax [default: info].
+    #[arg(long, env = "HERALD_LOG")]
+    pub(crate) log: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "HERALD_LOG_FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+macro_rules! layer {
+    ($top:ident, $bottom:ident; $($field:ident),* $(,)?) => {
+        $( if $top.$field.is_none() { $top.$field = $bottom.$field; } )*
+    };
+}
+
+impl Settings {
+    /// Fills every unset setting from the file named by `--config` / `HERALD_CONFIG`.
+    pub(crate) fn with_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading config file {} (HERALD_CONFIG)", path.display()))?;
+        let file: Settings = toml::from_str(&text)
+            .with_context(|| format!("parsing config file {}", path.display()))?;
+        layer!(self, file; http_addr, grpc_addr, admin_addr, broker, nats_url, node_id,
+            history_size, history_ttl, max_message_bytes, outbox_bytes, max_connections,
+            max_channels_per_connection, cors_origins, sse_heartbeat, sse_retry,
+            ws_ping_interval, drain_timeout, drain_rate, log, log_format);
+        Ok(self)
+    }
+}
+
+/// The validated configuration of a node.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) grpc_addr: SocketAddr,
+    pub(crate) admin_addr: SocketAddr,
+    pub(crate) broker: BrokerKind,
+    pub(crate) nats_url: String,
+    pub(crate) node_id: String,
+    pub(crate) history: HistoryLimits,
+    pub(crate) edge: EdgeConfig,
+    pub(crate) control: ControlConfig,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) drain_rate: usize,
+    pub(crate) log: String,
+    pub(crate) log_format: LogFormat,
+}
+
+fn parse_addr(s: &str) -> SocketAddr {
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("herald-{}", std::process::id()))
+}
+
+impl Config {
+    /// Applies defaults and validates; errors name the setting and how to fix it.
+    pub(crate) fn from_settings(s: Settings) -> anyhow::Result<Self> {
+        let history = HistoryLimits {
+            max_messages: s
+                .history_size
+                .unwrap_or(HistoryLimits::DEFAULT_MAX_MESSAGES),
+            max_age: s.history_ttl.unwrap_or(HistoryLimits::DEFAULT_MAX_AGE),
+        };
+        if history.max_messages == 0 || history.max_messages > 1_000_000 {
+            bail!(
+                "HERALD_HISTORY_SIZE (--history-size) must be 1 to 1000000, got {}",
+                history.max_messages
+            );
+        }
+        if history.max_age < Duration::from_secs(1) {
+            bail!(
+                "HERALD_HISTORY_TTL (--history-ttl) must be at least 1s, got {:?}",
+                history.max_age
+            );
+        }
+        let mut edge = EdgeConfig::default();
+        let mut control = ControlConfig::default();
+        if let Some(v) = s.max_message_bytes {
+            if !(16..=16 << 20).contains(&v) {
+                bail!(
+                    "HERALD_MAX_MESSAGE_BYTES (--max-message-bytes) must be 16 to 16777216, got {v}"
+                );
+            }
+            control.max_message_bytes = v;
+        }
+        if let Some(v) = s.outbox_bytes {
+            if v < 4096 {
+                bail!("HERALD_OUTBOX_BYTES (--outbox-bytes) must be at least 4096, got {v}");
+            }
+            edge.outbox_bytes = v;
+        }
+        if edge.outbox_bytes < control.max_message_bytes + 256 {
+            bail!(
+                "HERALD_OUTBOX_BYTES ({}) must exceed HERALD_MAX_MESSAGE_BYTES ({}): one message must fit a client's queue",
+                edge.outbox_bytes,
+                control.max_message_bytes
+            );
+        }
+        if let Some(v) = s.max_connections {
+            if v == 0 {
+                bail!("HERALD_MAX_CONNECTIONS (--max-connections) must be at least 1");
+            }
+            edge.max_connections = v;
+        }
+        if let Some(v) = s.max_channels_per_connection {
+            if v == 0 {
+                bail!("HERALD_MAX_CHANNELS_PER_CONNECTION must be at least 1");
+            }
+            edge.max_channels_per_connection = v;
+        }
+        if let Some(origins) = &s.cors_origins {
+            let list: Vec<String> = origins
+                .split(',')
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
+            if list.is_empty() {
+                bail!(
+                    "HERALD_CORS_ORIGINS is empty: give origins like https://app.example.com, or *"
+                );
+            }
+            edge.cors_origins = list;
+        }
+        for (name, value, min) in [
+            (
+                "HERALD_SSE_HEARTBEAT",
+                s.sse_heartbeat,
+                Duration::from_millis(100),
+            ),
+            (
+                "HERALD_WS_PING_INTERVAL",
+                s.ws_ping_interval,
+                Duration::from_millis(100),
+            ),
+        ] {
+            if value.is_some_and(|v| v < min) {
+                bail!("{name} must be at least {min:?}");
+            }
+        }
+        edge.sse_heartbeat = s.sse_heartbeat.unwrap_or(edge.sse_heartbeat);
+        edge.sse_retry = s.sse_retry.unwrap_or(edge.sse_retry);
+        edge.ws_ping_interval = s.ws_ping_interval.unwrap_or(edge.ws_ping_interval);
+        edge.catchup_limit = edge.catchup_limit.max(history.max_messages);
+        edge.max_client_frame = edge.max_client_frame.max(control.max_message_bytes);
+        let node_id = s.node_id.unwrap_or_else(default_node_id);
+        if node_id.is_empty() || node_id.len() > 128 {
+            bail!("HERALD_NODE_ID must be 1 to 128 characters");
+        }
+        Ok(Self {
+            http_addr: s.http_addr.unwrap_or_else(|| parse_addr(DEFAULT_HTTP_ADDR)),
+            grpc_addr: s.grpc_addr.unwrap_or_else(|| parse_addr(DEFAULT_GRPC_ADDR)),
+            admin_addr: s
+                .admin_addr
+                .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
+            broker: s.broker.unwrap_or(BrokerKind::Memory),
+            nats_url: s.nats_url.unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+            node_id,
+            history,
+            edge,
+            control,
+            drain_timeout: s.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            drain_rate: s.drain_rate.unwrap_or(DEFAULT_DRAIN_RATE).max(1),
+            log: s.log.unwrap_or_else(|| "info".to_owned()),
+            log_format: s.log_format.unwrap_or(LogFormat::Text),
+        })
+    }
+
+    /// Settings of the memory broker.
+    pub(crate) fn memory_broker(&self) -> MemoryBrokerConfig {
+        MemoryBrokerConfig {
+            history: self.history,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.grpc_addr.port(), 50051);
+        assert_eq!(c.admin_addr.port(), 9464);
+        assert_eq!(c.broker, BrokerKind::Memory);
+        assert_eq!(c.history, HistoryLimits::default());
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_unset() {
+        let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("herald.toml");
+        std::fs::write(
+            &path,
+            "history_size = 7\nhistory_ttl = \"2m\"\nhttp_addr = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let s = Settings {
+            config: Some(path),
+            http_addr: Some("127.0.0.1:2".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::from_settings(s.with_file().unwrap()).unwrap();
+        assert_eq!(c.http_addr.port(), 2, "flag wins over file");
+        assert_eq!(c.history.max_messages, 7);
+        assert_eq!(c.history.max_age, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let s = Settings {
+            history_size: Some(0),
+            ..Default::default()
+        };
+        let e = Config::from_settings(s).unwrap_err().to_string();
+        assert!(e.contains("HERALD_HISTORY_SIZE"), "{e}");
+        let s = Settings {
+            outbox_bytes: Some(5000),
+            ..Default::default()
+        };
+        let e = Config::from_settings(s).unwrap_err().to_string();
+        assert!(e.contains("HERALD_OUTBOX_BYTES"), "{e}");
+    }
+}
