@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs Herald's whole test suite on a Debian/Ubuntu machine, installing what it needs first
+# (Rust via rustup, nats-server from Debian) when missing. Safe to run again: installed pieces
+# are detected and skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# --- system packages -------------------------------------------------------------------
+apt_missing=()
+[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || apt_missing+=(nats-server)
+command -v cc >/dev/null 2>&1 || apt_missing+=(build-essential)
+command -v curl >/dev/null 2>&1 || apt_missing+=(curl ca-certificates)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${apt_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+fi
+
+# --- Rust toolchain ---------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    log "installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# --- checks -----------------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test (unit, conformance, real nats-server, end-to-end)"
+cargo test --workspace --locked
+log "all checks passed"
