@@ -61,11 +61,16 @@
 //! disconnected, abandons that client with whatever it still had queued, and opens a fresh one
 //! (re-checking both streams). Publishes check the connection first and wait at most
 //! [`NatsBrokerConfig::publish_timeout`]. What remains is the ambiguity every network has: a
-//! publish that reached the server whose acknowledgement was lost is stored (and delivered at
-//! once, not later) although the caller saw `Unavailable`; idempotency keys make its retry
-//! safe. A half-open connection is noticed after about two
-//! [`NatsBrokerConfig::ping_interval`]s. Each abandoned client leaves one idle task behind (a
-//! few KiB) per outage.
+//! publish that reached the server whose acknowledgement was lost is stored although the caller
+//! saw `Unavailable`; normally at once, but a server that stalls (a frozen process, a partition
+//! that heals) with the publish already in its socket buffer may store it when it resumes.
+//! Idempotency keys make the caller's retry safe in both cases. (The expected-sequence header
+//! also refuses such a late message if anything else was stored on its channel meanwhile.) A half-open connection is noticed after about two
+//! [`NatsBrokerConfig::ping_interval`]s. Each abandoned client leaves one idle task and its
+//! socket behind (a few KiB and one file descriptor) per outage, for the life of the process.
+//!
+//! Every (re)connect creates or updates both streams with this node's settings, so nodes of
+//! one deployment must agree on them (the last to connect wins).
 //!
 //! With replicas 3, direct gets may be served by a follower that is slightly behind: a read
 //! right after a publish can miss the newest message (never reported as a gap), and the tip

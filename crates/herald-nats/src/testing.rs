@@ -97,6 +97,27 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, like a
+    /// network partition or a stalled host.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a server frozen by [`NatsServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status()
+                .unwrap_or_else(|e| panic!("kill {sig}: {e}"));
+            assert!(status.success(), "kill {sig} failed");
+        }
+    }
+
     /// Starts the server again on the same port with the same store and waits until healthy.
     pub fn restart(&mut self) {
         self.kill();
@@ -129,6 +150,7 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        self.resume();
         self.kill();
     }
 }
