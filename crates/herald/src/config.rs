@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use herald_control::ControlConfig;
 use herald_core::{HistoryLimits, MemoryBrokerConfig};
 use herald_edge::EdgeConfig;
+use herald_nats::{NatsAuth, NatsBrokerConfig, StorageKind};
 use serde::Deserialize;
 
 /// Default client port address.
@@ -32,6 +33,16 @@ pub(crate) enum BrokerKind {
     Memory,
     /// NATS JetStream: any number of nodes.
     Nats,
+}
+
+/// JetStream storage kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NatsStorage {
+    /// On disk.
+    File,
+    /// In memory.
+    Memory,
 }
 
 /// Log line format.
@@ -67,6 +78,33 @@ pub(crate) struct Settings {
     /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
     #[arg(long, env = "HERALD_NATS_URL")]
     pub(crate) nats_url: Option<String>,
+    /// JetStream stream name [default: HERALD].
+    #[arg(long, env = "HERALD_NATS_STREAM")]
+    pub(crate) nats_stream: Option<String>,
+    /// JetStream replicas of the stream: 1 or 3 [default: 1].
+    #[arg(long, env = "HERALD_NATS_REPLICAS")]
+    pub(crate) nats_replicas: Option<usize>,
+    /// JetStream storage: file or memory [default: file].
+    #[arg(long, env = "HERALD_NATS_STORAGE")]
+    pub(crate) nats_storage: Option<NatsStorage>,
+    /// NATS user (with HERALD_NATS_PASSWORD).
+    #[arg(long, env = "HERALD_NATS_USER")]
+    pub(crate) nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "HERALD_NATS_PASSWORD", hide_env_values = true)]
+    pub(crate) nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "HERALD_NATS_TOKEN", hide_env_values = true)]
+    pub(crate) nats_token: Option<String>,
+    /// NATS .creds file (JWT + NKey).
+    #[arg(long, env = "HERALD_NATS_CREDS")]
+    pub(crate) nats_creds: Option<PathBuf>,
+    /// PEM file of CA certificates for NATS TLS (implies TLS).
+    #[arg(long, env = "HERALD_NATS_CA")]
+    pub(crate) nats_ca: Option<PathBuf>,
+    /// Refuse NATS connections without TLS.
+    #[arg(long, env = "HERALD_NATS_TLS")]
+    pub(crate) nats_tls: Option<bool>,
     /// This node's id in logs, metrics and stats [default: host name].
     #[arg(long, env = "HERALD_NODE_ID")]
     pub(crate) node_id: Option<String>,
@@ -136,6 +174,8 @@ impl Settings {
         let file: Settings = toml::from_str(&text)
             .with_context(|| format!("parsing config file {}", path.display()))?;
         layer!(self, file; http_addr, grpc_addr, admin_addr, broker, nats_url, node_id,
+            nats_stream, nats_replicas, nats_storage, nats_user, nats_password, nats_token,
+            nats_creds, nats_ca, nats_tls,
             history_size, history_ttl, max_message_bytes, outbox_bytes, max_connections,
             max_channels_per_connection, cors_origins, sse_heartbeat, sse_retry,
             ws_ping_interval, drain_timeout, drain_rate, log, log_format);
@@ -150,7 +190,7 @@ pub(crate) struct Config {
     pub(crate) grpc_addr: SocketAddr,
     pub(crate) admin_addr: SocketAddr,
     pub(crate) broker: BrokerKind,
-    pub(crate) nats_url: String,
+    pub(crate) nats: NatsBrokerConfig,
     pub(crate) node_id: String,
     pub(crate) history: HistoryLimits,
     pub(crate) edge: EdgeConfig,
@@ -276,7 +316,34 @@ impl Config {
                 .admin_addr
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
             broker: s.broker.unwrap_or(BrokerKind::Memory),
-            nats_url: s.nats_url.unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+            nats: NatsBrokerConfig {
+                urls: s
+                    .nats_url
+                    .as_deref()
+                    .unwrap_or(DEFAULT_NATS_URL)
+                    .split(',')
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+                stream: s
+                    .nats_stream
+                    .unwrap_or_else(|| NatsBrokerConfig::default().stream),
+                history,
+                replicas: s.nats_replicas.unwrap_or(1),
+                storage: match s.nats_storage.unwrap_or(NatsStorage::File) {
+                    NatsStorage::File => StorageKind::File,
+                    NatsStorage::Memory => StorageKind::Memory,
+                },
+                auth: NatsAuth {
+                    user: s.nats_user,
+                    password: s.nats_password,
+                    token: s.nats_token,
+                    creds_file: s.nats_creds,
+                    ca_file: s.nats_ca,
+                    require_tls: s.nats_tls.unwrap_or(false),
+                },
+                ..NatsBrokerConfig::default()
+            },
             node_id,
             history,
             edge,

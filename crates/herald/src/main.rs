@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use herald_control::HeraldService;
 use herald_core::{Broker, MemoryBroker};
 use herald_edge::Edge;
+use herald_nats::NatsBroker;
 use herald_telemetry::Metrics;
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -98,11 +99,21 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&config.node_id, VERSION)?);
     let broker: Arc<dyn Broker> = match config.broker {
         BrokerKind::Memory => Arc::new(MemoryBroker::new(config.memory_broker())),
-        BrokerKind::Nats => anyhow::bail!(
-            "HERALD_BROKER=nats (HERALD_NATS_URL={}) is not available in this build yet; \
-             use memory (the default)",
-            config.nats_url
-        ),
+        BrokerKind::Nats => {
+            let broker = connect_nats(&config).await?;
+            let reconnects = metrics.broker_reconnects.clone();
+            let watched = broker.clone();
+            tokio::spawn(async move {
+                let mut seen = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let now = watched.reconnects();
+                    reconnects.inc_by(now.saturating_sub(seen));
+                    seen = now;
+                }
+            });
+            Arc::new(broker)
+        }
     };
     let edge = Edge::new(config.edge.clone(), broker.clone(), metrics.clone());
     let control = HeraldService::new(broker.clone(), metrics.clone(), config.control.clone());
@@ -162,6 +173,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to NATS, retrying with backoff until it answers (or a signal stops the wait):
+/// at start-up NATS may not be ready yet.
+async fn connect_nats(config: &Config) -> anyhow::Result<NatsBroker> {
+    let mut backoff = Duration::from_millis(500);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        match NatsBroker::connect(config.nats.clone()).await {
+            Ok(b) => return Ok(b),
+            Err(e @ herald_nats::NatsError::Config { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, urls = ?config.nats.urls, retry_in = ?backoff, "NATS not reachable yet")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = &mut stop => anyhow::bail!("stopped while waiting for NATS"),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// Waits for SIGTERM or SIGINT; returns its name.

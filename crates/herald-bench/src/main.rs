@@ -1,0 +1,476 @@
+//! `herald-bench`: a bounded, self-stopping load generator for Herald.
+//!
+//! - `idle`: opens N WebSocket or SSE connections spread over source addresses, holds them,
+//!   and reports the server's RSS per connection (from `/proc/PID/status`).
+//! - `fanout`: N WebSocket subscribers on one channel, publishes through gRPC at a fixed
+//!   rate with a timestamp and sequence in every payload, and reports deliveries per second,
+//!   latency percentiles, lost and duplicated messages, and server CPU per delivery.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+    time::Instant,
+};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Parser)]
+#[command(about = "Load generator for Herald")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Proto {
+    Ws,
+    Sse,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Hold N idle connections and report server RSS per connection.
+    Idle {
+        /// Server client address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, value_enum)]
+        protocol: Proto,
+        #[arg(long, default_value_t = 15_000)]
+        connections: usize,
+        /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.9.
+        #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
+        sources: String,
+        /// PID of the server process (for RSS).
+        #[arg(long)]
+        pid: u32,
+        /// How long to hold once all are open.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// Number of distinct channels the connections subscribe to.
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+    },
+    /// Fan-out: N WebSocket subscribers on one channel, publishing at a fixed rate.
+    Fanout {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// gRPC endpoint, e.g. http://127.0.0.1:50051.
+        #[arg(long)]
+        grpc: String,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Publishes per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Payload padding so each message is about this many bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
+        sources: String,
+        /// PID of the server process (for CPU and RSS).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+}
+
+fn sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let (a, b) = spec.split_once('-').unwrap_or((spec, spec));
+    let a: Ipv4Addr = a.parse().context("--sources start")?;
+    let b: Ipv4Addr = b.parse().context("--sources end")?;
+    let (a, b) = (u32::from(a), u32::from(b));
+    if b < a || b - a > 250 {
+        bail!("--sources must be a small ascending range like 127.0.0.2-127.0.0.9");
+    }
+    Ok((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))).collect())
+}
+
+async fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(src, 0))?;
+    let stream = socket.connect(dst).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn client_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of the process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+async fn open_ws(
+    src: IpAddr,
+    addr: SocketAddr,
+    channel: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    let stream = connect_from(src, addr).await?;
+    let url = format!("ws://{addr}/ws?channel={channel}");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(client_ws_config())).await?;
+    // Wait for "subscribed": live delivery is in place from here.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("no subscribed frame")?
+            .context("closed before subscribed")??;
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            if t.contains("\"subscribed\"") {
+                return Ok(ws);
+            }
+            bail!("unexpected first frame: {t}");
+        }
+    }
+}
+
+async fn open_sse(src: IpAddr, addr: SocketAddr, channel: &str) -> anyhow::Result<TcpStream> {
+    let mut stream = connect_from(src, addr).await?;
+    let req = format!(
+        "GET /sse?channel={channel} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = [0u8; 1024];
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains("event: subscribed") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await??;
+        if n == 0 {
+            bail!("sse closed early: {}", String::from_utf8_lossy(&seen));
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    if !seen.starts_with(b"HTTP/1.1 200") {
+        bail!("sse refused: {}", String::from_utf8_lossy(&seen));
+    }
+    Ok(stream)
+}
+
+async fn idle(
+    addr: SocketAddr,
+    protocol: Proto,
+    n: usize,
+    srcs: Vec<IpAddr>,
+    pid: u32,
+    hold: Duration,
+    channels: usize,
+) -> anyhow::Result<()> {
+    let before = rss_kb(pid);
+    let started = Instant::now();
+    let opened = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let src = srcs[i % srcs.len()];
+        let channel = format!("idle-{}", i % channels.max(1));
+        let (opened, failed, stop, sem) =
+            (opened.clone(), failed.clone(), stop.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await;
+            let held = match protocol {
+                Proto::Ws => open_ws(src, addr, &channel)
+                    .await
+                    .map(|ws| Box::new(ws) as Box<dyn Send>),
+                Proto::Sse => open_sse(src, addr, &channel)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Send>),
+            };
+            drop(permit);
+            match held {
+                Ok(conn) => {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    stop.notified().await;
+                    drop(conn);
+                }
+                Err(e) => {
+                    if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("connect failed: {e:#}");
+                    }
+                }
+            }
+        }));
+    }
+    while opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+    }
+    let connect_time = started.elapsed();
+    tokio::time::sleep(hold).await;
+    let after = rss_kb(pid);
+    let ok = opened.load(Ordering::Relaxed);
+    let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / ok.max(1) as f64;
+    let proto = if protocol == Proto::Ws {
+        "websocket"
+    } else {
+        "sse"
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "idle", "protocol": proto, "connections": ok,
+            "failed": failed.load(Ordering::Relaxed),
+            "connect_seconds": connect_time.as_secs_f64(),
+            "rss_before_kb": before, "rss_after_kb": after,
+            "rss_per_connection_bytes": per_conn.round(),
+        })
+    );
+    stop.notify_waiters();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    data: Option<Payload>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    seq: u64,
+    t: u64,
+}
+
+#[derive(Default)]
+struct SubResult {
+    latencies_us: Vec<u64>,
+    received: u64,
+    lost: u64,
+    dups: u64,
+    next: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fanout(
+    addr: SocketAddr,
+    grpc: String,
+    subscribers: usize,
+    rate: u64,
+    duration: Duration,
+    size: usize,
+    srcs: Vec<IpAddr>,
+    pid: Option<u32>,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let channel = format!("fanout-{}", now_us());
+    let published = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let mut subs = Vec::new();
+    let opening = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut opens = Vec::new();
+    for i in 0..subscribers {
+        let (src, channel, sem) = (srcs[i % srcs.len()], channel.clone(), sem.clone());
+        opens.push(tokio::spawn(async move {
+            let _p = sem.acquire_owned().await;
+            open_ws(src, addr, &channel).await
+        }));
+    }
+    for o in opens {
+        subs.push(o.await??);
+    }
+    eprintln!("{subscribers} subscribers in {:?}", opening.elapsed());
+    let mut readers = Vec::new();
+    for mut ws in subs {
+        let (published, done) = (published.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut r = SubResult { next: 1, ..Default::default() };
+            let finished = done.notified();
+            tokio::pin!(finished);
+            loop {
+                tokio::select! {
+                    msg = ws.next() => {
+                        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = msg else { break };
+                        let now = now_us();
+                        let Ok(f) = serde_json::from_str::<Frame>(&t) else { continue };
+                        let Some(p) = f.data.filter(|_| f.kind == "message") else { continue };
+                        r.received += 1;
+                        r.latencies_us.push(now.saturating_sub(p.t));
+                        if p.seq == r.next { r.next += 1 }
+                        else if p.seq > r.next { r.lost += p.seq - r.next; r.next = p.seq + 1 }
+                        else { r.dups += 1 }
+                    }
+                    () = &mut finished => break,
+                }
+            }
+            let acked = published.load(Ordering::Relaxed);
+            r.lost += (acked + 1).saturating_sub(r.next);
+            r
+        }));
+    }
+    let cpu0 = pid.map(cpu_seconds).unwrap_or(0.0);
+    let mut client = herald_proto::v1::herald_client::HeraldClient::connect(grpc).await?;
+    let pad = "x".repeat(size.saturating_sub(40));
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let mut errors = 0u64;
+    for seq in 1..=total {
+        let due = start + period.mul_f64((seq - 1) as f64);
+        tokio::time::sleep_until(due).await;
+        let data = format!("{{\"seq\":{seq},\"t\":{},\"p\":\"{pad}\"}}", now_us());
+        let req = herald_proto::v1::PublishRequest {
+            channel: channel.clone(),
+            data: bytes::Bytes::from(data),
+            idempotency_key: String::new(),
+        };
+        match client.publish(req).await {
+            Ok(_) => {
+                published.store(seq, Ordering::Relaxed);
+            }
+            Err(e) => {
+                errors += 1;
+                if errors < 3 {
+                    eprintln!("publish failed: {e}");
+                }
+            }
+        }
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    // Let in-flight deliveries land, bounded.
+    let expected = published.load(Ordering::Relaxed) * subscribers as u64;
+    let settle = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = expected;
+    let cpu1 = pid.map(cpu_seconds).unwrap_or(0.0);
+    let _ = settle;
+    done.notify_waiters();
+    let mut all = Vec::new();
+    let (mut received, mut lost, mut dups) = (0, 0, 0);
+    for r in readers {
+        let r = r.await?;
+        received += r.received;
+        lost += r.lost;
+        dups += r.dups;
+        all.extend(r.latencies_us);
+    }
+    all.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.is_empty() {
+            return 0.0;
+        }
+        all[((all.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+    };
+    let server_cpu = cpu1 - cpu0;
+    let result = serde_json::json!({
+        "scenario": "fanout", "subscribers": subscribers, "rate": rate,
+        "published": published.load(Ordering::Relaxed), "publish_errors": errors,
+        "deliveries": received, "deliveries_per_second": (received as f64 / publish_secs).round(),
+        "lost": lost, "duplicates": dups,
+        "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+        "server_cpu_seconds": server_cpu,
+        "server_cpu_us_per_delivery": if received > 0 { server_cpu * 1e6 / received as f64 } else { 0.0 },
+        "server_rss_kb": pid.map(rss_kb),
+    });
+    println!("{result}");
+    if let Some(path) = json {
+        std::fs::write(path, result.to_string())?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Idle {
+            addr,
+            protocol,
+            connections,
+            sources: s,
+            pid,
+            hold,
+            channels,
+        } => {
+            idle(
+                addr,
+                protocol,
+                connections,
+                sources(&s)?,
+                pid,
+                hold,
+                channels,
+            )
+            .await
+        }
+        Cmd::Fanout {
+            addr,
+            grpc,
+            subscribers,
+            rate,
+            duration,
+            size,
+            sources: s,
+            pid,
+            json,
+        } => {
+            fanout(
+                addr,
+                grpc,
+                subscribers,
+                rate,
+                duration,
+                size,
+                sources(&s)?,
+                pid,
+                json,
+            )
+            .await
+        }
+    }
+}
