@@ -71,6 +71,16 @@ impl Protocol {
         Protocol::Poll,
     ];
 
+    /// Position in [`Protocol::ALL`], for per-protocol arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            Protocol::WebSocket => 0,
+            Protocol::Sse => 1,
+            Protocol::LongPoll => 2,
+            Protocol::Poll => 3,
+        }
+    }
+
     /// The metric label / stats key: `websocket`, `sse`, `longpoll`, `poll`.
     pub const fn as_str(self) -> &'static str {
         match self {
