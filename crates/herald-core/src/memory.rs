@@ -33,8 +33,8 @@ pub struct MemoryBrokerConfig {
     /// Past it, empty records are dropped and their eviction marks fold into one global mark,
     /// which can only make gap reports more conservative, never miss one.
     pub max_channels: usize,
-    /// Per-subscription buffer, in messages. A subscriber that falls this far behind gets
-    /// [`LiveEvent::Lagged`] and repairs from history.
+    /// Per-subscription buffer, in messages (at least 2). A subscriber that falls this far
+    /// behind gets [`LiveEvent::Lagged`] and repairs from history.
     pub live_buffer: usize,
 }
 
@@ -99,29 +99,25 @@ struct Chan {
 
 struct LiveSub {
     tx: mpsc::Sender<LiveEvent>,
-    /// A message could not be queued; `Lagged` is owed before the next message.
-    lagged: bool,
 }
 
 impl LiveSub {
     /// Offers a message; returns false when the subscriber is gone.
+    ///
+    /// The last free slot is kept for [`LiveEvent::Lagged`]: when only one is left, `Lagged`
+    /// takes it. So a full queue always ends with a `Lagged`, which covers every message
+    /// dropped while it is full, even if nothing is published afterwards. (The broker lock
+    /// makes this the only producer, so the capacity check cannot race.)
     fn offer(&mut self, msg: &Arc<Message>) -> bool {
-        use mpsc::error::TrySendError;
-        if self.lagged {
-            match self.tx.try_send(LiveEvent::Lagged) {
-                Ok(()) => self.lagged = false,
-                Err(TrySendError::Full(_)) => return true,
-                Err(TrySendError::Closed(_)) => return false,
-            }
-        }
-        match self.tx.try_send(LiveEvent::Message(msg.clone())) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.lagged = true;
-                true
-            }
-            Err(TrySendError::Closed(_)) => false,
-        }
+        let event = match self.tx.capacity() {
+            0 => return !self.tx.is_closed(),
+            1 => LiveEvent::Lagged,
+            _ => LiveEvent::Message(msg.clone()),
+        };
+        !matches!(
+            self.tx.try_send(event),
+            Err(mpsc::error::TrySendError::Closed(_))
+        )
     }
 }
 
@@ -261,14 +257,14 @@ impl Broker for MemoryBroker {
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription, BrokerError> {
-        let (tx, rx) = mpsc::channel(self.inner.config.live_buffer.max(1));
+        let (tx, rx) = mpsc::channel(self.inner.config.live_buffer.max(2));
         let mut state = self.inner.state.lock();
         state
             .channels
             .entry(channel.clone())
             .or_default()
             .subs
-            .push(LiveSub { tx, lagged: false });
+            .push(LiveSub { tx });
         Ok(Subscription::new(ReceiverStream::new(rx)))
     }
 
@@ -374,32 +370,31 @@ mod tests {
     #[tokio::test]
     async fn slow_subscriber_gets_lagged_then_continues() {
         let b = MemoryBroker::new(MemoryBrokerConfig {
-            live_buffer: 2,
+            live_buffer: 3,
             ..Default::default()
         });
         let ch = ChannelName::new("a").unwrap();
         let mut sub = b.subscribe(&ch).await.unwrap();
-        for n in 0..5 {
+        let publish = |n: u32| {
             let data = crate::Payload::from_json(n.to_string(), 100).unwrap();
             b.publish(PublishRequest {
                 channel: ch.clone(),
                 data,
                 idempotency_key: None,
             })
-            .await
-            .unwrap();
+        };
+        for n in 0..5 {
+            publish(n).await.unwrap();
         }
-        assert!(matches!(sub.next().await, Some(LiveEvent::Message(_))));
-        assert!(matches!(sub.next().await, Some(LiveEvent::Message(_))));
-        let data = crate::Payload::from_json("9", 100).unwrap();
-        b.publish(PublishRequest {
-            channel: ch.clone(),
-            data,
-            idempotency_key: None,
-        })
-        .await
-        .unwrap();
+        // Two messages fit; the last slot holds Lagged, even with nothing published after.
+        for expected in [b"0", b"1"] {
+            match sub.next().await {
+                Some(LiveEvent::Message(m)) => assert_eq!(m.data.as_bytes(), expected),
+                other => panic!("{other:?}"),
+            }
+        }
         assert!(matches!(sub.next().await, Some(LiveEvent::Lagged)));
+        publish(9).await.unwrap();
         match sub.next().await {
             Some(LiveEvent::Message(m)) => assert_eq!(m.data.as_bytes(), b"9"),
             other => panic!("{other:?}"),

@@ -295,3 +295,82 @@ async fn resubscribe(hub: &Arc<Hub>, slot: &Arc<Slot>) -> Option<Subscription> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{MemoryBroker, MemoryBrokerConfig, Payload, PublishRequest};
+
+    fn setup(live_buffer: usize) -> (MemoryBroker, Arc<Hub>) {
+        let broker = MemoryBroker::new(MemoryBrokerConfig {
+            live_buffer,
+            ..Default::default()
+        });
+        let metrics = Arc::new(Metrics::new("t", "0").unwrap());
+        let hub = Arc::new(Hub::new(
+            Arc::new(broker.clone()),
+            metrics,
+            Duration::from_millis(200),
+            100,
+        ));
+        (broker, hub)
+    }
+
+    async fn publish(b: &MemoryBroker, ch: &ChannelName, n: usize) -> Cursor {
+        let data = Payload::from_json(n.to_string(), 100).unwrap();
+        b.publish(PublishRequest {
+            channel: ch.clone(),
+            data,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .cursor
+    }
+
+    #[tokio::test]
+    async fn repairs_a_lagged_feed_from_history() {
+        let (broker, hub) = setup(2);
+        let ch = ChannelName::new("lag").unwrap();
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        hub.join(&ch, 1, &outbox).await.unwrap();
+        // No await point yields here, so the pump cannot drain its 2-message buffer.
+        let mut sent = Vec::new();
+        for n in 0..10 {
+            sent.push(publish(&broker, &ch, n).await);
+        }
+        let mut got = Vec::new();
+        let mut batch = Vec::new();
+        while got.len() < sent.len() {
+            tokio::time::timeout(Duration::from_secs(5), outbox.next_batch(&mut batch))
+                .await
+                .expect("repair delivers")
+                .unwrap();
+            for item in batch.drain(..) {
+                match item {
+                    Item::Message(m) => got.push(m.cursor),
+                    Item::Gap(_) => panic!("history still had everything: no gap"),
+                }
+            }
+        }
+        assert_eq!(got, sent, "every message once, in order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interest_ends_after_the_linger() {
+        let (broker, hub) = setup(16);
+        let ch = ChannelName::new("linger").unwrap();
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        hub.join(&ch, 1, &outbox).await.unwrap();
+        assert_eq!((hub.channel_count(), broker.live_subscriptions()), (1, 1));
+        hub.leave(&ch, 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(hub.channel_count(), 1, "still lingering");
+        // A join during the linger reuses the subscription.
+        hub.join(&ch, 2, &outbox).await.unwrap();
+        hub.leave(&ch, 2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(hub.channel_count(), 0);
+        assert_eq!(broker.live_subscriptions(), 0, "broker interest dropped");
+    }
+}

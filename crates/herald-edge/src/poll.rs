@@ -218,6 +218,32 @@ async fn interval(
             gaps: vec![],
         });
     };
+    let reply = read_history(edge, channels, since).await?;
+    if reply.gaps.is_empty() || !reply.messages.is_empty() {
+        return Ok(reply);
+    }
+    // A gap and nothing retained: the client has been told; move its cursor to now, or it
+    // would hear about the same gap at every poll. The head is read *before* history, so
+    // nothing published in between can be skipped.
+    let head = broker.head().await?;
+    let again = read_history(edge, channels, since).await?;
+    if !again.messages.is_empty() {
+        return Ok(again);
+    }
+    Ok(Reply {
+        messages: vec![],
+        cursor: head,
+        gaps: reply.gaps,
+    })
+}
+
+/// Every retained message of `channels` after `since`, merged in cursor order, at most
+/// `poll_max_messages`; the cursor is the last one returned (or `since`).
+async fn read_history(
+    edge: &EdgeInner,
+    channels: &[ChannelName],
+    since: Cursor,
+) -> Result<Reply, EdgeError> {
     let limit = edge.config.poll_max_messages;
     let query = HistoryQuery {
         after: since,
@@ -225,7 +251,8 @@ async fn interval(
     };
     edge.metrics.history_reads.inc_by(channels.len() as u64);
     let pages =
-        futures_util::future::join_all(channels.iter().map(|c| broker.history(c, query))).await;
+        futures_util::future::join_all(channels.iter().map(|c| edge.broker.history(c, query)))
+            .await;
     let mut messages = Vec::new();
     let mut gaps = Vec::new();
     for (c, page) in channels.iter().zip(pages) {
@@ -237,13 +264,7 @@ async fn interval(
     }
     messages.sort_by_key(|m| m.cursor);
     messages.truncate(limit);
-    let cursor = match messages.last() {
-        Some(m) => m.cursor,
-        // A gap with nothing retained may mean a cursor this broker never issued: hand out
-        // the head so the client does not keep asking from a position that cannot resume.
-        None if !gaps.is_empty() => broker.head().await?.min(since),
-        None => since,
-    };
+    let cursor = messages.last().map_or(since, |m| m.cursor);
     Ok(Reply {
         messages,
         cursor,
@@ -265,11 +286,13 @@ async fn long(
     let catchup = session
         .subscribe(channels, since, Some(edge.config.poll_max_messages))
         .await?;
-    let mut cursor = catchup.messages.last().map_or(catchup.cursor, |m| m.cursor);
+    let cursor = catchup.messages.last().map_or(catchup.cursor, |m| m.cursor);
+    if !catchup.gaps.is_empty() && catchup.messages.is_empty() {
+        // Same rule as an interval poll: tell the gap once, then move on from now.
+        drop(session);
+        return interval(edge, channels, since).await;
+    }
     if !catchup.messages.is_empty() || !catchup.gaps.is_empty() {
-        if catchup.messages.is_empty() {
-            cursor = edge.broker.head().await?.min(catchup.cursor);
-        }
         return Ok(Reply {
             messages: catchup.messages,
             cursor,
