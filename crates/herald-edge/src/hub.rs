@@ -161,6 +161,15 @@ impl Hub {
         self.slots.lock().len()
     }
 
+    /// Every channel with local interest and its local subscriber count.
+    pub(crate) fn channel_subscribers(&self) -> Vec<(ChannelName, u64)> {
+        self.slots
+            .lock()
+            .values()
+            .map(|s| (s.channel.clone(), s.members.lock().conns.len() as u64))
+            .collect()
+    }
+
     /// Takes `slot` out of the table. Unless `force`, only when it has no members.
     fn retire(&self, slot: &Arc<Slot>, force: bool) -> bool {
         let mut slots = self.slots.lock();

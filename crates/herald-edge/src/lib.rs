@@ -135,6 +135,21 @@ impl Default for EdgeConfig {
     }
 }
 
+/// How long a connection may stay open after its outbox closed (overflow or drain) before it
+/// is aborted as stuck.
+const STUCK_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Per-HTTP-connection abort switch, put in each request's extensions by the accept loop.
+#[derive(Clone)]
+pub(crate) struct ConnKill(pub(crate) CancellationToken);
+
+impl ConnKill {
+    /// The token from the request, or a fresh one (requests served without the accept loop).
+    pub(crate) fn token(kill: Option<axum::Extension<ConnKill>>) -> CancellationToken {
+        kill.map(|axum::Extension(k)| k.0).unwrap_or_default()
+    }
+}
+
 /// State shared by every connection of the edge.
 pub(crate) struct EdgeInner {
     pub(crate) config: EdgeConfig,
@@ -188,6 +203,7 @@ impl Edge {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 inner.poll_clients.prune(&inner.metrics);
+                inner.registry.reap_stuck(STUCK_CLOSE_GRACE);
             }
         });
         Self { inner }
@@ -236,6 +252,33 @@ impl Edge {
     pub fn active_channels(&self) -> usize {
         self.inner.hub.channel_count()
     }
+
+    /// Every channel with local subscribers right now, and how many connections (WebSocket,
+    /// SSE, held long-polls) are subscribed to it. Interval polls hold no subscription.
+    pub fn channel_subscribers(&self) -> Vec<(herald_core::ChannelName, u64)> {
+        self.inner.hub.channel_subscribers()
+    }
+
+    /// Client connections per protocol, as `herald_connections{protocol}` reports them (poll
+    /// and long-poll: distinct recently active clients; see docs/protocol.md).
+    pub fn connections(&self) -> herald_core::ProtocolCounts {
+        let mut counts = herald_core::ProtocolCounts::default();
+        for p in Protocol::ALL {
+            let n = self
+                .inner
+                .metrics
+                .connections
+                .with_label_values(&[p.as_str()])
+                .get();
+            counts.set(p, n.max(0) as u64);
+        }
+        counts
+    }
+
+    /// Connection-channel subscriptions on this node right now.
+    pub fn subscriptions(&self) -> u64 {
+        self.inner.metrics.subscriptions.get().max(0) as u64
+    }
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {
@@ -258,6 +301,7 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 async fn ws_route(
     State(edge): State<Arc<EdgeInner>>,
     RawQuery(query): RawQuery,
+    kill: Option<axum::Extension<ConnKill>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let result = (|| {
@@ -268,7 +312,11 @@ async fn ws_route(
         let initial = params::parse(query.as_deref(), edge.config.max_channels_per_connection)?;
         let reg = edge
             .registry
-            .register(Protocol::WebSocket, edge.config.outbox_bytes)
+            .register(
+                Protocol::WebSocket,
+                edge.config.outbox_bytes,
+                ConnKill::token(kill),
+            )
             .ok_or(EdgeError::TooManyConnections)?;
         Ok(ws::upgrade(edge.clone(), upgrade, reg, initial))
     })();
@@ -281,9 +329,10 @@ async fn ws_route(
 async fn sse_route(
     State(edge): State<Arc<EdgeInner>>,
     RawQuery(query): RawQuery,
+    kill: Option<axum::Extension<ConnKill>>,
     headers: HeaderMap,
 ) -> Response {
-    sse::handle(edge.clone(), query, headers)
+    sse::handle(edge.clone(), query, headers, ConnKill::token(kill))
         .await
         .unwrap_or_else(|e| {
             edge.metrics.refuse(e.refusal());

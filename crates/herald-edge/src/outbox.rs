@@ -59,6 +59,8 @@ struct State {
     items: VecDeque<Item>,
     bytes: usize,
     closed: Option<Closed>,
+    /// When it closed: a connection still open long after is stuck and gets reaped.
+    closed_at: Option<tokio::time::Instant>,
 }
 
 impl Outbox {
@@ -68,6 +70,7 @@ impl Outbox {
                 items: VecDeque::new(),
                 bytes: 0,
                 closed: None,
+                closed_at: None,
             }),
             notify: Notify::new(),
             limit,
@@ -84,6 +87,7 @@ impl Outbox {
         let size = item.size();
         if s.bytes + size > self.limit {
             s.closed = Some(Closed::SlowConsumer);
+            s.closed_at = Some(tokio::time::Instant::now());
             s.items = VecDeque::new();
             s.bytes = 0;
             drop(s);
@@ -105,15 +109,23 @@ impl Outbox {
         let mut s = self.state.lock();
         if s.closed.is_none() {
             s.closed = Some(reason);
+            s.closed_at = Some(tokio::time::Instant::now());
         }
         drop(s);
         self.notify.notify_one();
     }
 
     /// Why the outbox is closed, if it is.
-    #[cfg(test)]
     pub(crate) fn closed(&self) -> Option<Closed> {
         self.state.lock().closed
+    }
+
+    /// Whether the outbox closed more than `grace` ago.
+    pub(crate) fn closed_longer_than(&self, grace: std::time::Duration) -> bool {
+        self.state
+            .lock()
+            .closed_at
+            .is_some_and(|t| t.elapsed() > grace)
     }
 
     /// Waits for items, then moves all of them into `out`. Returns the close reason instead

@@ -280,7 +280,11 @@ async fn long(
 ) -> Result<Reply, EdgeError> {
     let reg = edge
         .registry
-        .register(Protocol::LongPoll, edge.config.outbox_bytes)
+        .register(
+            Protocol::LongPoll,
+            edge.config.outbox_bytes,
+            Default::default(),
+        )
         .ok_or(EdgeError::TooManyConnections)?;
     let mut session = Session::new(edge.clone(), reg);
     let catchup = session

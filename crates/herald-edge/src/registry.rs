@@ -13,6 +13,7 @@ use std::{
 use herald_core::Protocol;
 use herald_telemetry::{CloseReason, Metrics};
 use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Closed, Outbox};
 
@@ -24,7 +25,7 @@ pub(crate) struct Registry {
     /// Most held connections at once.
     max: usize,
     /// Outbox per connection: closing it with [`Closed::Drain`] makes the connection leave.
-    conns: Mutex<HashMap<u64, Arc<Outbox>>>,
+    conns: Mutex<HashMap<u64, (Arc<Outbox>, CancellationToken)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -36,6 +37,9 @@ pub(crate) struct Registration {
     pub(crate) protocol: Protocol,
     /// The connection's outbound queue.
     pub(crate) outbox: Arc<Outbox>,
+    /// Cancelled to abort the connection when it is stuck writing to a client that does
+    /// not read, after its outbox closed (see [`Registry::reap_stuck`]).
+    pub(crate) kill: CancellationToken,
     /// Why it ended, recorded by the protocol handler before dropping.
     pub(crate) reason: CloseReason,
 }
@@ -56,6 +60,7 @@ impl Registry {
         self: &Arc<Self>,
         protocol: Protocol,
         outbox_bytes: usize,
+        kill: CancellationToken,
     ) -> Option<Registration> {
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.count.fetch_sub(1, Ordering::AcqRel);
@@ -63,7 +68,7 @@ impl Registry {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(outbox_bytes));
-        self.conns.lock().insert(id, outbox.clone());
+        self.conns.lock().insert(id, (outbox.clone(), kill.clone()));
         self.metrics
             .connections
             .with_label_values(&[protocol.as_str()])
@@ -77,8 +82,20 @@ impl Registry {
             id,
             protocol,
             outbox,
+            kill,
             reason: CloseReason::Normal,
         })
+    }
+
+    /// Aborts connections whose outbox closed (overflow or drain) more than `grace` ago but
+    /// which are still open: their writes are blocked on a client that stopped reading, and
+    /// nothing else would ever end them.
+    pub(crate) fn reap_stuck(&self, grace: Duration) {
+        for (outbox, kill) in self.conns.lock().values() {
+            if outbox.closed_longer_than(grace) {
+                kill.cancel();
+            }
+        }
     }
 
     /// Connections held right now.
@@ -89,7 +106,8 @@ impl Registry {
     /// Asks every held connection to leave, `rate` per second (at least one batch every
     /// 10 ms), so clients reconnect elsewhere without a storm. Returns when all were asked.
     pub(crate) async fn drain(&self, rate: usize) {
-        let outboxes: Vec<Arc<Outbox>> = self.conns.lock().values().cloned().collect();
+        let outboxes: Vec<Arc<Outbox>> =
+            self.conns.lock().values().map(|(o, _)| o.clone()).collect();
         let per_tick = (rate / 100).max(1);
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         for chunk in outboxes.chunks(per_tick) {
@@ -107,6 +125,14 @@ impl Drop for Registration {
         r.conns.lock().remove(&self.id);
         r.count.fetch_sub(1, Ordering::AcqRel);
         let p = self.protocol.as_str();
+        // A connection aborted while stuck never got to record why; its outbox knows.
+        if self.reason == CloseReason::Normal {
+            match self.outbox.closed() {
+                Some(Closed::SlowConsumer) => self.reason = CloseReason::SlowConsumer,
+                Some(Closed::Drain) => self.reason = CloseReason::Drain,
+                None => {}
+            }
+        }
         r.metrics.connections.with_label_values(&[p]).dec();
         r.metrics
             .connections_closed

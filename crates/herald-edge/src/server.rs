@@ -42,8 +42,11 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let kill = CancellationToken::new();
+        let conn_kill = crate::ConnKill(kill.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(conn_kill.clone());
             let router = router.clone();
             async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
         });
@@ -55,6 +58,8 @@ pub(crate) async fn serve(
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
+                // Stuck writing to a client that stopped reading: drop the connection.
+                () = kill.cancelled() => Ok(()),
                 () = stop.cancelled() => {
                     // Finish the request in flight (SSE streams and held polls end when
                     // drained), then close instead of keeping the connection alive.

@@ -47,6 +47,7 @@ pub(crate) async fn handle(
     edge: Arc<EdgeInner>,
     raw_query: Option<String>,
     headers: HeaderMap,
+    kill: tokio_util::sync::CancellationToken,
 ) -> Result<Response, EdgeError> {
     if edge.is_draining() {
         return Err(EdgeError::Draining);
@@ -66,7 +67,7 @@ pub(crate) async fn handle(
     }
     let reg = edge
         .registry
-        .register(Protocol::Sse, edge.config.outbox_bytes)
+        .register(Protocol::Sse, edge.config.outbox_bytes, kill)
         .ok_or(EdgeError::TooManyConnections)?;
     let mut session = Session::new(edge.clone(), reg);
     let catchup = session

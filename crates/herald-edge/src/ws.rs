@@ -167,8 +167,15 @@ async fn serve(
         tokio::select! {
             r = outbox.next_batch(&mut batch) => match r {
                 Ok(()) => {
-                    if write_batch(edge, socket, session, &mut batch).await.is_err() {
-                        return CloseReason::Normal;
+                    let kill = session.reg.kill.clone();
+                    tokio::select! {
+                        written = write_batch(edge, socket, session, &mut batch) => {
+                            if written.is_err() {
+                                return CloseReason::Normal;
+                            }
+                        }
+                        // The client stopped reading and its queue overflowed: give up.
+                        () = kill.cancelled() => return CloseReason::SlowConsumer,
                     }
                 }
                 Err(Closed::SlowConsumer) => {
