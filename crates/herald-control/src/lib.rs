@@ -1,22 +1,43 @@
 //! Herald's control plane: the `herald.v1.Herald` gRPC service, with `grpc.health.v1`
 //! (serving follows broker readiness) and server reflection.
 //!
-//! This is the only place broker and validation errors become gRPC statuses.
+//! This is the only place broker, cluster and validation errors become gRPC statuses. Every
+//! `herald.v1` call checks the API key first ([`ApiKeys`]); health and reflection stay open.
 
-use std::{sync::Arc, time::Instant};
+mod auth;
+mod stats;
+mod stream;
 
+use std::{pin::Pin, sync::Arc, time::Instant};
+
+use futures_util::Stream;
 use herald_core::{
-    Broker, BrokerError, BrokerState, ChannelName, InvalidPayload, Payload, PublishRequest,
+    Broker, BrokerError, BrokerState, ChannelName, ChannelPattern, ChannelsQuery, Cluster,
+    ClusterError, Cursor, HistoryQuery, InvalidPayload, Payload, PublishRequest,
 };
 use herald_proto::v1::{
-    self, BroadcastRequest, BroadcastResponse, BroadcastResult, PublishResponse,
+    self, BroadcastRequest, BroadcastResponse, BroadcastResult, ChannelInfo, ChannelsRequest,
+    ChannelsResponse, DrainNodeRequest, DrainNodeResponse, HistoryMessage, HistoryRequest,
+    HistoryResponse, PublishResponse, PublishStreamRequest, PublishStreamResponse, StatsRequest,
+    StatsResponse, WatchStatsRequest,
     broadcast_result::Outcome,
     herald_server::{Herald, HeraldServer},
 };
 use herald_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, transport::Server};
+use tonic::{Request, Response, Status, Streaming, transport::Server};
+
+pub use auth::ApiKeys;
+
+/// Most messages in one `History` answer.
+pub const MAX_HISTORY_LIMIT: u32 = 10_000;
+/// Most channels in one `Channels` answer (and its default).
+pub const MAX_CHANNELS_LIMIT: u32 = 1000;
+/// Default `WatchStats` interval.
+pub const DEFAULT_WATCH_INTERVAL_MS: u32 = 2000;
+/// Shortest and longest `WatchStats` interval.
+pub const WATCH_INTERVAL_RANGE_MS: (u32, u32) = (100, 60_000);
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -27,6 +48,11 @@ pub struct ControlConfig {
     pub max_broadcast_channels: usize,
     /// Longest idempotency key accepted, in bytes.
     pub max_idempotency_key: usize,
+    /// Publishes in flight per `PublishStream`; beyond it the server stops reading the
+    /// stream until one completes (HTTP/2 flow control pushes back on the client).
+    pub stream_in_flight: usize,
+    /// Accepted API keys; empty: open.
+    pub api_keys: ApiKeys,
 }
 
 impl ControlConfig {
@@ -36,6 +62,8 @@ impl ControlConfig {
     pub const DEFAULT_MAX_BROADCAST_CHANNELS: usize = 1000;
     /// Default longest idempotency key.
     pub const DEFAULT_MAX_IDEMPOTENCY_KEY: usize = 256;
+    /// Default publishes in flight per stream.
+    pub const DEFAULT_STREAM_IN_FLIGHT: usize = 1024;
 }
 
 impl Default for ControlConfig {
@@ -44,6 +72,8 @@ impl Default for ControlConfig {
             max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
             max_broadcast_channels: Self::DEFAULT_MAX_BROADCAST_CHANNELS,
             max_idempotency_key: Self::DEFAULT_MAX_IDEMPOTENCY_KEY,
+            stream_in_flight: Self::DEFAULT_STREAM_IN_FLIGHT,
+            api_keys: ApiKeys::default(),
         }
     }
 }
@@ -52,8 +82,11 @@ impl Default for ControlConfig {
 #[derive(Clone)]
 pub struct HeraldService {
     broker: Arc<dyn Broker>,
+    cluster: Arc<dyn Cluster>,
     metrics: Arc<Metrics>,
     config: ControlConfig,
+    /// Cancelled when the server stops: ends `WatchStats` streams so shutdown is not held.
+    stop: CancellationToken,
 }
 
 fn broker_status(e: BrokerError) -> Status {
@@ -64,14 +97,50 @@ fn broker_status(e: BrokerError) -> Status {
     }
 }
 
+fn cluster_status(e: ClusterError) -> Status {
+    match e {
+        ClusterError::UnknownNode(_) => Status::not_found(e.to_string()),
+        ClusterError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// A server stream of the service.
+type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
 impl HeraldService {
     /// Builds the service.
-    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, config: ControlConfig) -> Self {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        cluster: Arc<dyn Cluster>,
+        metrics: Arc<Metrics>,
+        config: ControlConfig,
+    ) -> Self {
         Self {
             broker,
+            cluster,
             metrics,
             config,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Runs a unary call: checks the API key, runs `f`, records the method's metrics.
+    async fn unary<Q, R, F>(
+        &self,
+        method: &'static str,
+        request: Request<Q>,
+        f: impl FnOnce(Q) -> F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: std::future::Future<Output = Result<R, Status>>,
+    {
+        let start = Instant::now();
+        let r = match self.config.api_keys.check(request.metadata()) {
+            Ok(()) => f(request.into_inner()).await.map(Response::new),
+            Err(s) => Err(s),
+        };
+        self.record(method, start, &r);
+        r
     }
 
     fn channel(name: &str) -> Result<ChannelName, Status> {
@@ -165,9 +234,7 @@ impl Herald for HeraldService {
         &self,
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let start = Instant::now();
-        let r = async {
-            let req = request.into_inner();
+        self.unary("Publish", request, |req| async move {
             let channel = Self::channel(&req.channel)?;
             let data = self.payload(req.data)?;
             let idempotency_key = self.key(req.idempotency_key)?;
@@ -178,23 +245,19 @@ impl Herald for HeraldService {
                     idempotency_key,
                 })
                 .await?;
-            Ok(Response::new(PublishResponse {
+            Ok(PublishResponse {
                 cursor: published.cursor.to_string(),
                 duplicate: published.duplicate,
-            }))
-        }
-        .await;
-        self.record("Publish", start, &r);
-        r
+            })
+        })
+        .await
     }
 
     async fn broadcast(
         &self,
         request: Request<BroadcastRequest>,
     ) -> Result<Response<BroadcastResponse>, Status> {
-        let start = Instant::now();
-        let r = async {
-            let req = request.into_inner();
+        self.unary("Broadcast", request, |req| async move {
             if req.channels.is_empty() {
                 return Err(Status::invalid_argument(
                     "channels is empty: name at least one",
@@ -237,21 +300,182 @@ impl Herald for HeraldService {
                     duplicate,
                 });
             }
-            Ok(Response::new(BroadcastResponse { results }))
-        }
-        .await;
-        self.record("Broadcast", start, &r);
-        r
+            Ok(BroadcastResponse { results })
+        })
+        .await
+    }
+
+    type PublishStreamStream = ServerStream<PublishStreamResponse>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        stream::publish_stream(self.clone(), request)
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        self.unary("History", request, |req| async move {
+            let channel = Self::channel(&req.channel)?;
+            let since = match req.since.as_str() {
+                "" => Cursor::ZERO,
+                s => s.parse::<Cursor>().map_err(|e| {
+                    Status::invalid_argument(format!("since {:?}: {e}", truncate(s)))
+                })?,
+            };
+            if req.limit == 0 || req.limit > MAX_HISTORY_LIMIT {
+                return Err(Status::invalid_argument(format!(
+                    "limit must be 1 to {MAX_HISTORY_LIMIT}, got {}",
+                    req.limit
+                )));
+            }
+            self.metrics.history_reads.inc();
+            let page = self
+                .broker
+                .history(
+                    &channel,
+                    HistoryQuery {
+                        after: since,
+                        limit: req.limit as usize,
+                    },
+                )
+                .await
+                .map_err(broker_status)?;
+            let cursor = page.messages.last().map_or(since, |m| m.cursor);
+            Ok(HistoryResponse {
+                messages: page
+                    .messages
+                    .iter()
+                    .map(|m| HistoryMessage {
+                        cursor: m.cursor.to_string(),
+                        data: m.data.bytes().clone(),
+                        ts: m.ts_ms(),
+                    })
+                    .collect(),
+                gap: page.gap,
+                cursor: cursor.to_string(),
+            })
+        })
+        .await
+    }
+
+    async fn channels(
+        &self,
+        request: Request<ChannelsRequest>,
+    ) -> Result<Response<ChannelsResponse>, Status> {
+        self.unary("Channels", request, |req| async move {
+            let pattern = match req.pattern.as_str() {
+                "" => None,
+                p => Some(ChannelPattern::new(p).map_err(|e| {
+                    Status::invalid_argument(format!("pattern {:?}: {e}", truncate(p)))
+                })?),
+            };
+            let limit = match req.limit {
+                0 => MAX_CHANNELS_LIMIT,
+                n if n > MAX_CHANNELS_LIMIT => {
+                    return Err(Status::invalid_argument(format!(
+                        "limit must be 0 (default) to {MAX_CHANNELS_LIMIT}, got {n}"
+                    )));
+                }
+                n => n,
+            };
+            let answer = self
+                .cluster
+                .channels(&ChannelsQuery {
+                    pattern,
+                    limit: limit as usize,
+                })
+                .await
+                .map_err(cluster_status)?;
+            Ok(ChannelsResponse {
+                channels: answer
+                    .channels
+                    .into_iter()
+                    .map(|c| ChannelInfo {
+                        channel: c.channel,
+                        subscribers: c.subscribers,
+                    })
+                    .collect(),
+                truncated: answer.truncated,
+                missing_nodes: answer.missing_nodes,
+            })
+        })
+        .await
+    }
+
+    async fn stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        self.unary("Stats", request, |_| async move {
+            Ok(stats::response(self.cluster.nodes()))
+        })
+        .await
+    }
+
+    type WatchStatsStream = ServerStream<StatsResponse>;
+
+    async fn watch_stats(
+        &self,
+        request: Request<WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        stats::watch(self.clone(), request)
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, Status> {
+        self.unary("DrainNode", request, |req| async move {
+            if req.node_id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "node_id is empty: name the node to drain (see Stats)",
+                ));
+            }
+            if req.node_id.len() > 128 {
+                return Err(Status::invalid_argument(
+                    "node_id is longer than 128 characters",
+                ));
+            }
+            let rate = (req.rate > 0).then_some(req.rate as usize);
+            let connections = self
+                .cluster
+                .drain(&req.node_id, rate)
+                .await
+                .map_err(cluster_status)?;
+            Ok(DrainNodeResponse { connections })
+        })
+        .await
     }
 }
 
-/// Serves the control plane on `listener` until `stop` is cancelled: `herald.v1.Herald`,
+/// TLS for the gRPC port: PEM certificate chain and private key.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// PEM private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles")
+    }
+}
+
+/// Serves the control plane on `listener` (with TLS when given) until `stop` is cancelled: `herald.v1.Herald`,
 /// `grpc.health.v1.Health` (SERVING while the broker is connected) and reflection.
 pub async fn serve(
     listener: TcpListener,
-    service: HeraldService,
+    mut service: HeraldService,
+    tls: Option<TlsFiles>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    service.stop = stop.clone();
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut state = service.broker.state();
     let metrics = service.metrics.clone();
@@ -285,7 +509,13 @@ pub async fn serve(
         });
     let decode_limit = (service.config.max_message_bytes * 2).max(4 << 20);
     let herald = HeraldServer::new(service).max_decoding_message_size(decode_limit);
-    let mut router = Server::builder().add_service(health).add_service(herald);
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let mut router = builder.add_service(health).add_service(herald);
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }

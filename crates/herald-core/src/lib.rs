@@ -6,6 +6,7 @@
 
 mod broker;
 mod channel;
+mod cluster;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod cursor;
@@ -18,6 +19,11 @@ pub use broker::{
     Published, Subscription,
 };
 pub use channel::{ChannelName, InvalidChannel, MAX_CHANNEL_LEN};
+pub use cluster::{
+    ChannelCount, ChannelPattern, ChannelsAnswer, ChannelsQuery, Cluster, ClusterError,
+    DEFAULT_HEARTBEAT_INTERVAL, InvalidPattern, LocalCluster, LocalNode, MISSED_HEARTBEATS,
+    NodeStats, ProtocolCounts, uptime_secs,
+};
 pub use cursor::{Cursor, InvalidCursor};
 pub use json::{InvalidPayload, Payload};
 pub use memory::{MemoryBroker, MemoryBrokerConfig};

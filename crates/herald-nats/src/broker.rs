@@ -187,6 +187,18 @@ impl NatsBroker {
         &self.shared.config
     }
 
+    /// The current NATS client while connected, `None` during an outage. The broker replaces
+    /// its client after every break, so hold this only while [`Broker::state`] stays
+    /// `Connected`, then ask again (this is what [`crate::NatsCluster`] does).
+    pub fn client(&self) -> Option<async_nats::Client> {
+        self.shared
+            .link
+            .borrow()
+            .as_ref()
+            .filter(|l| l.is_connected())
+            .map(|l| l.client.clone())
+    }
+
     async fn publish_inner(&self, request: PublishRequest) -> Result<Published, BrokerError> {
         let shared = &*self.shared;
         let config = &shared.config;

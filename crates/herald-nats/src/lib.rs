@@ -77,6 +77,7 @@
 //! read before a publish can be stale, which the expected-sequence check turns into a retry.
 
 mod broker;
+mod cluster;
 mod config;
 mod error;
 mod live;
@@ -85,5 +86,6 @@ pub mod subject;
 pub mod testing;
 
 pub use broker::NatsBroker;
+pub use cluster::{NatsCluster, NatsClusterConfig, node_token};
 pub use config::{NatsAuth, NatsBrokerConfig, StorageKind};
 pub use error::NatsError;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use herald_control::ControlConfig;
+use herald_control::{ApiKeys, ControlConfig, TlsFiles};
 use herald_core::{HistoryLimits, MemoryBrokerConfig};
 use herald_edge::EdgeConfig;
 use herald_nats::{NatsAuth, NatsBrokerConfig, StorageKind};
@@ -149,6 +149,24 @@ pub(crate) struct Settings {
     /// Connections told to reconnect per second while draining [default: 2000].
     #[arg(long, env = "HERALD_DRAIN_RATE")]
     pub(crate) drain_rate: Option<usize>,
+    /// gRPC API keys, comma-separated; callers send `authorization: Bearer <key>`. None
+    /// configured (and no file): the API is open.
+    #[arg(long, env = "HERALD_API_KEYS", hide_env_values = true)]
+    pub(crate) api_keys: Option<String>,
+    /// File of gRPC API keys, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "HERALD_API_KEYS_FILE")]
+    pub(crate) api_keys_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the gRPC port (with HERALD_GRPC_TLS_KEY).
+    #[arg(long, env = "HERALD_GRPC_TLS_CERT")]
+    pub(crate) grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the gRPC port (with HERALD_GRPC_TLS_CERT).
+    #[arg(long, env = "HERALD_GRPC_TLS_KEY")]
+    pub(crate) grpc_tls_key: Option<PathBuf>,
+    /// How often nodes announce themselves to each other (nats broker) [default: 2s]; a node
+    /// silent for 3 intervals is dropped from Stats and Channels.
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) heartbeat_interval: Option<Duration>,
     /// Log filter, RUST_LOG syntax [default: info].
     #[arg(long, env = "HERALD_LOG")]
     pub(crate) log: Option<String>,
@@ -178,7 +196,8 @@ impl Settings {
             nats_creds, nats_ca, nats_tls,
             history_size, history_ttl, max_message_bytes, outbox_bytes, max_connections,
             max_channels_per_connection, cors_origins, sse_heartbeat, sse_retry,
-            ws_ping_interval, drain_timeout, drain_rate, log, log_format);
+            ws_ping_interval, drain_timeout, drain_rate, log, log_format, api_keys,
+            api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval);
         Ok(self)
     }
 }
@@ -197,6 +216,8 @@ pub(crate) struct Config {
     pub(crate) control: ControlConfig,
     pub(crate) drain_timeout: Duration,
     pub(crate) drain_rate: usize,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) grpc_tls: Option<TlsFiles>,
     pub(crate) log: String,
     pub(crate) log_format: LogFormat,
 }
@@ -305,6 +326,70 @@ impl Config {
         edge.ws_ping_interval = s.ws_ping_interval.unwrap_or(edge.ws_ping_interval);
         edge.catchup_limit = edge.catchup_limit.max(history.max_messages);
         edge.max_client_frame = edge.max_client_frame.max(control.max_message_bytes);
+        let mut keys: Vec<String> = s
+            .api_keys
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if let Some(path) = &s.api_keys_file {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "reading HERALD_API_KEYS_FILE {}: give a readable file with one key per line",
+                    path.display()
+                )
+            })?;
+            let before = keys.len();
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+            if keys.len() == before {
+                bail!(
+                    "HERALD_API_KEYS_FILE {} holds no key: write one key per line, or unset it",
+                    path.display()
+                );
+            }
+        }
+        if let Some(k) = keys
+            .iter()
+            .find(|k| k.len() < 16 || k.chars().any(|c| !c.is_ascii_graphic()))
+        {
+            bail!(
+                "HERALD_API_KEYS: a key of {} characters is too weak or holds spaces/control characters: use at least 16 printable ASCII characters (e.g. `openssl rand -hex 32`)",
+                k.len()
+            );
+        }
+        control.api_keys = ApiKeys::new(keys);
+        let grpc_tls = match (&s.grpc_tls_cert, &s.grpc_tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let read = |p: &PathBuf, name: &str| {
+                    std::fs::read(p)
+                        .with_context(|| format!("reading {name} {}: give a PEM file", p.display()))
+                };
+                let files = TlsFiles {
+                    cert_pem: read(cert, "HERALD_GRPC_TLS_CERT")?,
+                    key_pem: read(key, "HERALD_GRPC_TLS_KEY")?,
+                };
+                Some(files)
+            }
+            _ => bail!(
+                "HERALD_GRPC_TLS_CERT and HERALD_GRPC_TLS_KEY go together: set both or neither"
+            ),
+        };
+        let heartbeat_interval = s
+            .heartbeat_interval
+            .unwrap_or(herald_core::DEFAULT_HEARTBEAT_INTERVAL);
+        if heartbeat_interval < Duration::from_millis(100)
+            || heartbeat_interval > Duration::from_secs(600)
+        {
+            bail!("HERALD_HEARTBEAT_INTERVAL must be 100ms to 10m, got {heartbeat_interval:?}");
+        }
         let node_id = s.node_id.unwrap_or_else(default_node_id);
         if node_id.is_empty() || node_id.len() > 128 {
             bail!("HERALD_NODE_ID must be 1 to 128 characters");
@@ -350,6 +435,8 @@ impl Config {
             control,
             drain_timeout: s.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             drain_rate: s.drain_rate.unwrap_or(DEFAULT_DRAIN_RATE).max(1),
+            heartbeat_interval,
+            grpc_tls,
             log: s.log.unwrap_or_else(|| "info".to_owned()),
             log_format: s.log_format.unwrap_or(LogFormat::Text),
         })
@@ -413,5 +500,38 @@ mod tests {
         };
         let e = Config::from_settings(s).unwrap_err().to_string();
         assert!(e.contains("HERALD_OUTBOX_BYTES"), "{e}");
+        let s = Settings {
+            api_keys: Some("short".into()),
+            ..Default::default()
+        };
+        let e = Config::from_settings(s).unwrap_err().to_string();
+        assert!(e.contains("HERALD_API_KEYS"), "{e}");
+        let s = Settings {
+            grpc_tls_cert: Some("/nonexistent".into()),
+            ..Default::default()
+        };
+        let e = Config::from_settings(s).unwrap_err().to_string();
+        assert!(e.contains("HERALD_GRPC_TLS_KEY"), "{e}");
+    }
+
+    #[test]
+    fn api_keys_come_from_env_list_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "# ops\nfile-key-0123456789abcdef\n\n").unwrap();
+        let s = Settings {
+            api_keys: Some("env-key-0123456789abcdef, other-key-0123456789ab".into()),
+            api_keys_file: Some(path),
+            ..Default::default()
+        };
+        let c = Config::from_settings(s).unwrap();
+        assert_eq!(c.control.api_keys.len(), 3);
+        assert!(
+            Config::from_settings(Settings::default())
+                .unwrap()
+                .control
+                .api_keys
+                .is_open()
+        );
     }
 }
