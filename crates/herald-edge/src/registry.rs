@@ -69,14 +69,16 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(outbox_bytes));
         self.conns.lock().insert(id, (outbox.clone(), kill.clone()));
-        self.metrics
-            .connections
-            .with_label_values(&[protocol.as_str()])
-            .inc();
-        self.metrics
-            .connections_opened
-            .with_label_values(&[protocol.as_str()])
-            .inc();
+        if counts_itself(protocol) {
+            self.metrics
+                .connections
+                .with_label_values(&[protocol.as_str()])
+                .inc();
+            self.metrics
+                .connections_opened
+                .with_label_values(&[protocol.as_str()])
+                .inc();
+        }
         Some(Registration {
             registry: self.clone(),
             id,
@@ -119,6 +121,13 @@ impl Registry {
     }
 }
 
+/// Whether a registration moves the per-protocol connection gauges. A long-poll request is
+/// already counted by the poll-client tracking (one client, in flight or recently seen; see
+/// `poll.rs`), so counting its registration too would show one held long-poll as two.
+fn counts_itself(protocol: Protocol) -> bool {
+    protocol != Protocol::LongPoll
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         let r = &self.registry;
@@ -133,11 +142,13 @@ impl Drop for Registration {
                 None => {}
             }
         }
-        r.metrics.connections.with_label_values(&[p]).dec();
-        r.metrics
-            .connections_closed
-            .with_label_values(&[p, self.reason.as_str()])
-            .inc();
+        if counts_itself(self.protocol) {
+            r.metrics.connections.with_label_values(&[p]).dec();
+            r.metrics
+                .connections_closed
+                .with_label_values(&[p, self.reason.as_str()])
+                .inc();
+        }
         if self.reason == CloseReason::SlowConsumer {
             r.metrics
                 .slow_consumer_disconnects
