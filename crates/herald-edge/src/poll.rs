@@ -249,6 +249,14 @@ async fn read_history(
         after: since,
         limit,
     };
+    // Several channels are read one by one: bound the reply by the head read before the
+    // reads, so a message stored on an already-read channel meanwhile cannot be skipped by a
+    // cursor taken from a later channel (it is returned by the next poll instead).
+    let bound = if channels.len() > 1 {
+        Some(edge.broker.head().await?)
+    } else {
+        None
+    };
     edge.metrics.history_reads.inc_by(channels.len() as u64);
     let pages =
         futures_util::future::join_all(channels.iter().map(|c| edge.broker.history(c, query)))
@@ -260,7 +268,11 @@ async fn read_history(
         if page.gap {
             gaps.push(c.clone());
         }
-        messages.extend(page.messages);
+        let mut page_messages = page.messages;
+        if let Some(bound) = bound {
+            page_messages.retain(|m| m.cursor <= bound);
+        }
+        messages.extend(page_messages);
     }
     messages.sort_by_key(|m| m.cursor);
     messages.truncate(limit);

@@ -94,13 +94,28 @@ impl Session {
             after: since,
             limit: per_channel,
         };
+        // Channels are read one by one, so a message stored on an already-read channel while
+        // a later one is read could sort before messages returned here. Bounding the catch-up
+        // by the head read *before* the reads makes it a consistent cut: everything up to the
+        // bound is in the pages, and everything after it arrives live (joined above).
+        let bound = if fresh.len() > 1 {
+            match broker.head().await {
+                Ok(head) => Some(head),
+                Err(e) => {
+                    self.leave_all(&fresh);
+                    return Err(EdgeError::Broker(e));
+                }
+            }
+        } else {
+            None
+        };
         self.edge.metrics.history_reads.inc_by(fresh.len() as u64);
         let pages = join_all(fresh.iter().map(|c| broker.history(c, query))).await;
         let mut gaps = Vec::new();
         let mut messages = Vec::new();
         let mut lasts = Vec::with_capacity(fresh.len());
         for (c, page) in fresh.iter().zip(pages) {
-            let page = match page {
+            let mut page = match page {
                 Ok(p) => p,
                 Err(e) => {
                     self.leave_all(&fresh);
@@ -109,6 +124,9 @@ impl Session {
             };
             if page.gap {
                 gaps.push(c.clone());
+            }
+            if let Some(bound) = bound {
+                page.messages.retain(|m| m.cursor <= bound);
             }
             // After a gap nothing is known about `since` (it may even be a cursor this broker
             // never issued), so only the retained messages bound what live may repeat.
