@@ -128,9 +128,10 @@ impl Outbox {
             .is_some_and(|t| t.elapsed() > grace)
     }
 
-    /// Waits for items, then moves all of them into `out`. Returns the close reason instead
-    /// once closed (queued items are then dropped: the client resumes from its cursor).
-    pub(crate) async fn next_batch(&self, out: &mut Vec<Item>) -> Result<(), Closed> {
+    /// Waits for items, then moves all of them into `out` and returns how many bytes they
+    /// held (the queue depth the writer found). Returns the close reason instead once closed
+    /// (queued items are then dropped: the client resumes from its cursor).
+    pub(crate) async fn next_batch(&self, out: &mut Vec<Item>) -> Result<usize, Closed> {
         loop {
             {
                 let mut s = self.state.lock();
@@ -139,11 +140,11 @@ impl Outbox {
                 }
                 if !s.items.is_empty() {
                     out.extend(s.items.drain(..));
-                    s.bytes = 0;
+                    let bytes = std::mem::take(&mut s.bytes);
                     if s.items.capacity() > 64 {
                         s.items.shrink_to(16);
                     }
-                    return Ok(());
+                    return Ok(bytes);
                 }
             }
             self.notify.notified().await;

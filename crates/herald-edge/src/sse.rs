@@ -137,7 +137,10 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
         let outbox = st.session.reg.outbox.clone();
         tokio::select! {
             r = outbox.next_batch(&mut st.batch) => match r {
-                Ok(()) => fill(&mut st),
+                Ok(bytes) => {
+                    st.session.edge.metrics.outbox_queued_bytes.observe(bytes as f64);
+                    fill(&mut st)
+                }
                 Err(Closed::SlowConsumer) => {
                     st.session.reg.reason = CloseReason::SlowConsumer;
                     st.pending.push_back(event("error", None, &serde_json::json!({

@@ -166,7 +166,8 @@ async fn serve(
     loop {
         tokio::select! {
             r = outbox.next_batch(&mut batch) => match r {
-                Ok(()) => {
+                Ok(bytes) => {
+                    edge.metrics.outbox_queued_bytes.observe(bytes as f64);
                     let kill = session.reg.kill.clone();
                     tokio::select! {
                         written = write_batch(edge, socket, session, &mut batch) => {

@@ -59,11 +59,32 @@ pub const REFUSAL_REASONS: [&str; 6] = [
     "draining",
 ];
 
+/// The `herald.v1.Herald` methods (the `method` label of the gRPC families), each exported from
+/// start-up.
+pub const GRPC_METHODS: [&str; 8] = [
+    "Publish",
+    "Broadcast",
+    "PublishStream",
+    "History",
+    "Channels",
+    "Stats",
+    "WatchStats",
+    "DrainNode",
+];
+
 /// Latency buckets (seconds) for delivery and publish histograms: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// Buckets (bytes) for the outbound queue histogram: 256 B to 4 MiB (the default bound is 1 MiB).
+const QUEUE_BUCKETS: &[f64] = &[
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 524288.0, 1048576.0, 4194304.0,
+];
+
+/// The broker kinds (the `broker` label of `herald_broker_info`).
+pub const BROKER_KINDS: [&str; 2] = ["memory", "nats"];
 
 /// Every metric family of a node. Cheap to share (`Arc<Metrics>`); recording is lock-free.
 pub struct Metrics {
@@ -104,6 +125,12 @@ pub struct Metrics {
     pub grpc_duration: HistogramVec,
     /// 1 while the node drains.
     pub draining: IntGauge,
+    /// 1 while the node is ready (broker connected and not draining): what `/readyz` says.
+    pub ready: IntGauge,
+    /// Bytes in a connection's outbound queue each time its writer drains it.
+    pub outbox_queued_bytes: Histogram,
+    /// Which broker this node uses (one series at 1, the others at 0).
+    pub broker_info: IntGaugeVec,
     /// `messages_delivered` resolved per protocol ([`Protocol::index`]): the hot path must
     /// not hash label values for every delivery.
     delivered_by: [IntCounter; 4],
@@ -235,6 +262,26 @@ impl Metrics {
                 "herald_draining",
                 "1 while the node drains its clients, else 0.",
             )?,
+            ready: gauge(
+                "herald_ready",
+                "1 while the node is ready to serve (broker connected and not draining), else 0.",
+            )?,
+            outbox_queued_bytes: {
+                let m = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "herald_outbox_queued_bytes",
+                        "Bytes waiting in a connection's outbound queue each time its writer drains it (WebSocket and SSE).",
+                    )
+                    .buckets(QUEUE_BUCKETS.to_vec()),
+                )?;
+                registry.register(Box::new(m.clone()))?;
+                m
+            },
+            broker_info: gauge_vec(
+                "herald_broker_info",
+                "1 for the broker kind this node uses (memory or nats), 0 for the others.",
+                &["broker"],
+            )?,
             delivered_by: Protocol::ALL.map(|p| delivered.with_label_values(&[p.as_str()])),
             registry,
         };
@@ -250,6 +297,13 @@ impl Metrics {
         }
         for r in REFUSAL_REASONS {
             m.refused.with_label_values(&[r]);
+        }
+        for b in BROKER_KINDS {
+            m.broker_info.with_label_values(&[b]);
+        }
+        for method in GRPC_METHODS {
+            m.grpc_duration.with_label_values(&[method]);
+            m.grpc_requests.with_label_values(&[method, "OK"]);
         }
         let info = IntGaugeVec::new(
             Opts::new(
@@ -282,6 +336,15 @@ impl Metrics {
         self.delivered_by[protocol.index()].inc();
         self.delivery_latency
             .observe(now_us.saturating_sub(published_us) as f64 / 1e6);
+    }
+
+    /// Marks `kind` (one of [`BROKER_KINDS`]) as this node's broker in `herald_broker_info`.
+    pub fn set_broker(&self, kind: &str) {
+        for b in BROKER_KINDS {
+            self.broker_info
+                .with_label_values(&[b])
+                .set(i64::from(b == kind));
+        }
     }
 
     /// Counts a refused request.

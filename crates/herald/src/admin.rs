@@ -53,6 +53,9 @@ async fn readyz(State(a): State<Admin>) -> Response {
 async fn metrics(State(a): State<Admin>) -> Response {
     let connected = *a.broker.state().borrow() == BrokerState::Connected;
     a.metrics.broker_connected.set(i64::from(connected));
+    a.metrics
+        .ready
+        .set(i64::from(connected && !a.edge.is_draining()));
     (
         [(
             header::CONTENT_TYPE,

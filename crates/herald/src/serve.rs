@@ -72,6 +72,10 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
     let admin = bind(config.admin_addr, "HERALD_ADMIN_ADDR").await?;
 
     let metrics = Arc::new(Metrics::new(&config.node_id, VERSION)?);
+    metrics.set_broker(match config.broker {
+        BrokerKind::Memory => "memory",
+        BrokerKind::Nats => "nats",
+    });
     let mut nats = None;
     let broker: Arc<dyn Broker> = match config.broker {
         BrokerKind::Memory => Arc::new(MemoryBroker::new(config.memory_broker())),
