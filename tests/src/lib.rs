@@ -10,6 +10,8 @@
 //! it too). Configuration goes to the child through its environment only; the test process's
 //! own environment is never changed.
 
+pub mod cluster;
+
 use std::{
     fs::File,
     future::Future,

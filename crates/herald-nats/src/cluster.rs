@@ -338,6 +338,8 @@ async fn run(inner: Arc<Inner>) {
                         if let Ok(body) = serde_json::to_vec(&DrainReply { connections }) {
                             let _ = client.publish(reply, body.into()).await;
                         }
+                        // Tell the others now rather than at the next tick.
+                        let _ = client.publish(inner.node_subject(), inner.heartbeat(false)).await;
                     }
                     None => break,
                 },
