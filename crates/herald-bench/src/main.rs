@@ -5,6 +5,9 @@
 //! - `fanout`: N WebSocket subscribers on one channel, publishes through gRPC at a fixed
 //!   rate with a timestamp and sequence in every payload, and reports deliveries per second,
 //!   latency percentiles, lost and duplicated messages, and server CPU per delivery.
+//! - `publish`: publishes per second through gRPC, unary or `PublishStream`.
+
+mod publish;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -88,6 +91,28 @@ enum Cmd {
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+    },
+    /// Publishes per second through gRPC: unary calls or PublishStream.
+    Publish {
+        /// gRPC endpoint, e.g. http://127.0.0.1:50051.
+        #[arg(long)]
+        grpc: String,
+        #[arg(long, value_enum, default_value = "stream")]
+        mode: publish::Mode,
+        /// Unary: calls in flight; stream: streams.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// HTTP/2 connections the calls or streams are spread over.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Distinct channels published to (round robin).
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// Approximate payload bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
     },
 }
 
@@ -470,6 +495,26 @@ async fn main() -> anyhow::Result<()> {
                 pid,
                 json,
             )
+            .await
+        }
+        Cmd::Publish {
+            grpc,
+            mode,
+            concurrency,
+            connections,
+            duration,
+            channels,
+            size,
+        } => {
+            publish::run(publish::PublishBench {
+                grpc,
+                mode,
+                concurrency,
+                duration,
+                channels,
+                size,
+                connections,
+            })
             .await
         }
     }

@@ -1,0 +1,155 @@
+//! `herald-bench publish`: publishes per second through the gRPC API, unary calls (many in
+//! flight) or `PublishStream` (bidirectional, flow-controlled by the server), for a fixed
+//! duration. Every publish must succeed; errors are counted and reported.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::ValueEnum;
+use herald_proto::v1::{
+    PublishRequest, PublishStreamRequest, herald_client::HeraldClient,
+    publish_stream_response::Outcome,
+};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// How to publish.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub(crate) enum Mode {
+    /// One `Publish` call per message, `--concurrency` calls in flight.
+    Unary,
+    /// `PublishStream`, `--concurrency` streams.
+    Stream,
+}
+
+/// Settings of one run.
+pub(crate) struct PublishBench {
+    pub(crate) grpc: String,
+    pub(crate) mode: Mode,
+    pub(crate) concurrency: usize,
+    pub(crate) duration: Duration,
+    pub(crate) channels: usize,
+    pub(crate) size: usize,
+    pub(crate) connections: usize,
+}
+
+fn payload(i: u64, size: usize) -> Bytes {
+    let head = format!("{{\"i\":{i},\"pad\":\"");
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut s = head;
+    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str("\"}");
+    Bytes::from(s)
+}
+
+pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for _ in 0..b.connections.max(1) {
+        let channel = Channel::from_shared(b.grpc.clone())
+            .context("--grpc")?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", b.grpc))?;
+        clients.push(HeraldClient::new(channel));
+    }
+    let names: Arc<Vec<String>> = Arc::new(
+        (0..b.channels.max(1))
+            .map(|i| format!("bench-pub-{i}"))
+            .collect(),
+    );
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + b.duration;
+    let mut tasks = Vec::new();
+    for t in 0..b.concurrency.max(1) {
+        let mut client = clients[t % clients.len()].clone();
+        let (names, ok, failed, size) = (names.clone(), ok.clone(), failed.clone(), b.size);
+        tasks.push(tokio::spawn(async move {
+            match b.mode {
+                Mode::Unary => {
+                    let mut i = t as u64;
+                    while Instant::now() < deadline {
+                        let req = PublishRequest {
+                            channel: names[(i as usize) % names.len()].clone(),
+                            data: payload(i, size),
+                            idempotency_key: String::new(),
+                        };
+                        match client.publish(req).await {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        i += 1_000_003;
+                    }
+                }
+                Mode::Stream => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                    let producer = tokio::spawn({
+                        let names = names.clone();
+                        async move {
+                            let mut i = 0u64;
+                            while Instant::now() < deadline {
+                                let req = PublishStreamRequest {
+                                    sequence: i,
+                                    channel: names[(i as usize + t) % names.len()].clone(),
+                                    data: payload(i, size),
+                                    idempotency_key: String::new(),
+                                };
+                                if tx.send(req).await.is_err() {
+                                    break;
+                                }
+                                i += 1;
+                            }
+                        }
+                    });
+                    let results = client
+                        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .await;
+                    let mut results = match results {
+                        Ok(r) => r.into_inner(),
+                        Err(e) => {
+                            eprintln!("PublishStream: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    };
+                    while let Ok(Some(r)) = results.message().await {
+                        match r.outcome {
+                            Some(Outcome::Cursor(_)) => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                    let _ = producer.await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let result = serde_json::json!({
+        "mode": format!("{:?}", b.mode).to_lowercase(),
+        "concurrency": b.concurrency,
+        "connections": b.connections,
+        "channels": b.channels,
+        "size": b.size,
+        "seconds": (elapsed * 100.0).round() / 100.0,
+        "published": ok,
+        "failed": failed,
+        "publishes_per_second": (ok as f64 / elapsed).round(),
+    });
+    println!("{result}");
+    if failed > 0 {
+        anyhow::bail!("{failed} publishes failed");
+    }
+    Ok(())
+}
