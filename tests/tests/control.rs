@@ -358,8 +358,20 @@ async fn watch_stats_streams_changes_as_clients_come_and_go() {
     drop(sse);
     until(&mut watch, "sse left a", |s| conns(node(s, "a")).1 == 0).await;
     held.abort();
-    // A client that goes away ends the server's stream (the node keeps serving).
+    // A client that goes away ends the server's stream (counted as CANCELLED when it ends).
     drop(watch);
+    eventually(SETTLE, "WatchStats ended after the client left", || async {
+        let text = herald_e2e::metrics(&a).await;
+        text.lines()
+            .any(|l| {
+                l.starts_with("herald_grpc_requests_total{")
+                    && l.contains("method=\"WatchStats\"")
+                    && l.contains("code=\"CANCELLED\"")
+                    && !l.ends_with(" 0")
+            })
+            .then_some(())
+    })
+    .await;
     let _ = stats(&mut c).await;
 }
 
@@ -1040,4 +1052,37 @@ async fn cli_publishes_subscribes_on_every_protocol_and_shows_stats() {
     let drained: Value = serde_json::from_str(out.stdout.trim()).expect("drain JSON");
     assert_eq!(drained["connections"], 1, "the SSE subscriber: {drained}");
     drop(sub);
+}
+
+#[tokio::test]
+async fn grpc_over_tls_with_the_cli() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+    let path = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_owned();
+    let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+    let node = Node::start(&[
+        ("HERALD_GRPC_TLS_CERT", &cert),
+        ("HERALD_GRPC_TLS_KEY", &key),
+        ("HERALD_NODE_ID", "tls-node"),
+    ])
+    .await;
+    let https = format!("https://{}", node.grpc);
+    let out = cli(
+        &["stats", "--json", "--grpc", &https, "--grpc-ca", &ca],
+        &[],
+        None,
+    )
+    .await;
+    assert!(out.success, "{out:?}");
+    assert!(out.stdout.contains("tls-node"), "{out:?}");
+    let out = cli(
+        &["publish", "tls", "1", "--grpc", &https, "--grpc-ca", &ca],
+        &[],
+        None,
+    )
+    .await;
+    assert!(out.success, "{out:?}");
+    // Plain text to a TLS port fails, and so does TLS without trusting the CA.
+    let plain = format!("http://{}", node.grpc);
+    assert!(!cli(&["stats", "--grpc", &plain], &[], None).await.success);
+    assert!(!cli(&["stats", "--grpc", &https], &[], None).await.success);
 }
