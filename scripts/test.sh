@@ -14,6 +14,8 @@ apt_missing=()
 [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || apt_missing+=(nats-server)
 command -v cc >/dev/null 2>&1 || apt_missing+=(build-essential)
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl ca-certificates)
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -40,4 +42,5 @@ log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit, conformance, real nats-server, end-to-end)"
 cargo test --workspace --locked
+scripts/check-observability.sh
 log "all checks passed"
