@@ -1086,3 +1086,68 @@ async fn grpc_over_tls_with_the_cli() {
     assert!(!cli(&["stats", "--grpc", &plain], &[], None).await.success);
     assert!(!cli(&["stats", "--grpc", &https], &[], None).await.success);
 }
+
+#[tokio::test]
+async fn nodes_that_stop_leave_the_cluster_view() {
+    let nats = cluster::start_nats();
+    let a = nats_node(&nats, "a", &[]).await;
+    let b = nats_node(&nats, "b", &[]).await;
+    let mut c = nats_node(&nats, "c", &[]).await;
+    let mut ca = control(&a, None).await;
+    eventually(SETTLE, "three nodes", || {
+        let mut ca = ca.clone();
+        async move { (stats(&mut ca).await.nodes.len() == 3).then_some(()) }
+    })
+    .await;
+    // Killed (no goodbye): dropped after missing its heartbeats.
+    drop(b);
+    eventually(SETTLE, "the killed node dropped", || {
+        let mut ca = ca.clone();
+        async move {
+            let s = stats(&mut ca).await;
+            node(&s, "b").is_none().then_some(())
+        }
+    })
+    .await;
+    // Stopped with SIGTERM: says it is leaving.
+    c.sigterm();
+    assert!(c.wait_exit(TIMEOUT).await.is_some(), "node c exits");
+    eventually(SETTLE, "the stopped node dropped", || {
+        let mut ca = ca.clone();
+        async move {
+            let s = stats(&mut ca).await;
+            (s.nodes.len() == 1 && node(&s, "a").is_some()).then_some(())
+        }
+    })
+    .await;
+    // Channels answers from the remaining node without waiting for the departed ones.
+    let r = within(TIMEOUT, "Channels", ca.channels(ChannelsRequest::default()))
+        .await
+        .expect("Channels")
+        .into_inner();
+    assert!(r.missing_nodes.is_empty(), "{r:?}");
+    let _ = stats(&mut ca).await;
+}
+
+#[tokio::test]
+async fn deadlines_end_long_calls() {
+    let node = Node::start(&[]).await;
+    let mut c = control(&node, None).await;
+    let mut req = tonic::Request::new(WatchStatsRequest { interval_ms: 100 });
+    req.set_timeout(Duration::from_millis(500));
+    let mut watch = c.watch_stats(req).await.expect("WatchStats").into_inner();
+    let end = within(TIMEOUT, "the deadline to end WatchStats", async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(s) => return Some(s.code()),
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(end, Some(Code::DeadlineExceeded | Code::Cancelled)),
+        "{end:?}"
+    );
+}

@@ -27,6 +27,7 @@ use herald_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming, transport::Server};
+use tracing::Instrument;
 
 pub use auth::ApiKeys;
 
@@ -104,6 +105,36 @@ fn cluster_status(e: ClusterError) -> Status {
     }
 }
 
+/// The client's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`). tonic
+/// enforces it for producing a response, not for the life of a server stream, so streams
+/// check it themselves.
+fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<tokio::time::Instant> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    tokio::time::Instant::now().checked_add(d)
+}
+
+/// Sleeps until the deadline, forever without one.
+async fn until_deadline(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A server stream of the service.
 type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -135,8 +166,12 @@ impl HeraldService {
         F: std::future::Future<Output = Result<R, Status>>,
     {
         let start = Instant::now();
+        let span = rpc_span(method, &request);
         let r = match self.config.api_keys.check(request.metadata()) {
-            Ok(()) => f(request.into_inner()).await.map(Response::new),
+            Ok(()) => f(request.into_inner())
+                .instrument(span)
+                .await
+                .map(Response::new),
             Err(s) => Err(s),
         };
         self.record(method, start, &r);
@@ -170,7 +205,23 @@ impl HeraldService {
 
     async fn publish_one(&self, request: PublishRequest) -> Result<herald_core::Published, Status> {
         let start = Instant::now();
-        let result = self.broker.publish(request).await;
+        let result = if herald_telemetry::trace::enabled() {
+            // The broker span's context rides with the message (NATS header `traceparent`), so
+            // each node's receive and delivery spans join this trace.
+            let span = tracing::info_span!(
+                "herald.broker.publish",
+                otel.kind = "producer",
+                channel = %request.channel,
+                trace_id = tracing::field::Empty,
+            );
+            herald_telemetry::trace::record_trace_id(&span);
+            let parent = herald_telemetry::trace::traceparent(&span);
+            herald_core::trace::with_traceparent(parent, self.broker.publish(request))
+                .instrument(span)
+                .await
+        } else {
+            self.broker.publish(request).await
+        };
         self.metrics
             .broker_publish_duration
             .observe(start.elapsed().as_secs_f64());
@@ -198,6 +249,31 @@ impl HeraldService {
             self.metrics.refuse("invalid_request");
         }
     }
+}
+
+/// The server span of one `herald.v1.Herald` call when traces are exported (else a disabled
+/// span): a child of the caller's W3C `traceparent` metadata when it sends one.
+fn rpc_span<Q>(method: &'static str, request: &Request<Q>) -> tracing::Span {
+    if !herald_telemetry::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "herald.grpc",
+        otel.name = format!("herald.v1.Herald/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+        trace_id = tracing::field::Empty,
+    );
+    match request
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(tp) => herald_telemetry::trace::set_parent(&span, tp),
+        None => herald_telemetry::trace::record_trace_id(&span),
+    }
+    span
 }
 
 fn truncate(s: &str) -> String {
@@ -523,4 +599,24 @@ pub async fn serve(
     router
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert!(grpc_deadline(&m).is_none());
+        let now = tokio::time::Instant::now();
+        m.insert("grpc-timeout", "500m".parse().unwrap());
+        let d = grpc_deadline(&m).unwrap();
+        assert!(d >= now + std::time::Duration::from_millis(500));
+        assert!(d <= now + std::time::Duration::from_secs(5));
+        for bad in ["5", "x", "12X", "1234567890S"] {
+            m.insert("grpc-timeout", bad.parse().unwrap());
+            assert!(grpc_deadline(&m).is_none(), "{bad}");
+        }
+    }
 }

@@ -91,6 +91,7 @@ pub(crate) fn watch(
             return Err(r.err().unwrap_or_else(|| Status::internal("unreachable")));
         }
     };
+    let deadline = crate::grpc_deadline(request.metadata());
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
     tokio::spawn(async move {
         let mut changes = svc.cluster.changes();
@@ -117,6 +118,11 @@ pub(crate) fn watch(
                 },
                 () = tx.closed() => break Err(Status::cancelled("client went away")),
                 () = svc.stop.cancelled() => break Ok(()),
+                () = crate::until_deadline(deadline) => {
+                    let s = Status::deadline_exceeded("the call's deadline passed");
+                    let _ = tx.try_send(Err(s.clone()));
+                    break Err(s);
+                }
             }
         };
         svc.record("WatchStats", start, &r);

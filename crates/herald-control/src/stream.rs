@@ -31,11 +31,17 @@ pub(crate) fn publish_stream(
         svc.record("PublishStream", start, &r);
         return Err(s);
     }
+    let deadline = crate::grpc_deadline(request.metadata());
     let input = request.into_inner();
     // Results wait here for the client; when full, the loop stops reading new requests.
     let (tx, rx) = mpsc::channel(svc.config.stream_in_flight.max(1));
     tokio::spawn(async move {
-        let r = run(&svc, input, &tx).await;
+        let r = tokio::select! {
+            r = run(&svc, input, &tx) => r,
+            () = crate::until_deadline(deadline) => {
+                Err(Status::deadline_exceeded("the call's deadline passed"))
+            }
+        };
         if let Err(s) = &r
             && s.code() != tonic::Code::Cancelled
         {
