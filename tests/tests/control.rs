@@ -1151,3 +1151,116 @@ async fn deadlines_end_long_calls() {
         "{end:?}"
     );
 }
+
+#[tokio::test]
+async fn cli_subscribe_prints_gaps_on_every_protocol() {
+    let node = Node::start(&[("HERALD_HISTORY_SIZE", "2")]).await;
+    let mut publisher = Publisher::connect(&node).await;
+    let ch = channel("cli-gap");
+    let first = publisher.publish(&ch, &json!(0)).await;
+    for n in 1..5 {
+        publisher.publish(&ch, &json!(n)).await;
+    }
+    for protocol in ["websocket", "sse", "longpoll", "poll"] {
+        let out = cli(
+            &[
+                "subscribe",
+                "--url",
+                &node.http_url(),
+                "--protocol",
+                protocol,
+                "--since",
+                &first,
+                "--count",
+                "2",
+                &ch,
+            ],
+            &[],
+            None,
+        )
+        .await;
+        assert!(out.success, "{protocol}: {out:?}");
+        let lines: Vec<Value> = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        assert_eq!(
+            lines[0],
+            json!({"type": "gap", "channel": ch}),
+            "{protocol}: the gap comes first: {}",
+            out.stdout
+        );
+        let data: Vec<&Value> = lines[1..].iter().map(|l| &l["data"]).collect();
+        assert_eq!(
+            data,
+            vec![&json!(3), &json!(4)],
+            "{protocol}: {}",
+            out.stdout
+        );
+    }
+}
+
+#[tokio::test]
+async fn publish_stream_stops_reading_when_results_are_not_read() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let node = Node::start(&[]).await;
+    let channel = within(
+        TIMEOUT,
+        "gRPC connect",
+        tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+            .expect("URL")
+            .connect(),
+    )
+    .await
+    .expect("connect");
+    let mut c = v1::herald_client::HeraldClient::new(channel);
+    const TOTAL: u64 = 400_000;
+    let pulled = Arc::new(AtomicU64::new(0));
+    let counter = pulled.clone();
+    let requests = tokio_stream::iter(0..TOTAL).map(move |i| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        PublishStreamRequest {
+            sequence: i,
+            channel: "flow".into(),
+            data: Bytes::from(i.to_string()),
+            idempotency_key: String::new(),
+        }
+    });
+    let mut results = c
+        .publish_stream(requests)
+        .await
+        .expect("PublishStream")
+        .into_inner();
+    // Read nothing: the server keeps a bounded amount in flight (1024 publishes, 1024
+    // results) and stops reading, so the client's request stream stops being pulled long
+    // before the end. What is pulled beyond that sits in HTTP/2 windows (client receive
+    // window for results, server receive window for requests): about 125k here.
+    let plateau = eventually(SETTLE, "the request stream to stop being pulled", || {
+        let pulled = pulled.clone();
+        async move {
+            let before = pulled.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = pulled.load(Ordering::Relaxed);
+            (before > 0 && before == after).then_some(after)
+        }
+    })
+    .await;
+    assert!(
+        plateau < TOTAL / 2,
+        "{plateau} of {TOTAL} requests were read while no result was"
+    );
+    // Reading the results lets everything through, each exactly once.
+    let mut seen = 0u64;
+    within(Duration::from_secs(60), "all results", async {
+        while let Some(r) = results.message().await.expect("result") {
+            assert!(matches!(r.outcome, Some(Outcome::Cursor(_))), "{r:?}");
+            seen += 1;
+        }
+    })
+    .await;
+    assert_eq!(seen, TOTAL);
+}
