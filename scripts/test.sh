@@ -43,4 +43,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit, conformance, real nats-server, end-to-end)"
 cargo test --workspace --locked
 scripts/check-observability.sh
+scripts/check-helm.sh
 log "all checks passed"
