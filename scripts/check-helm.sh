@@ -92,6 +92,17 @@ for s in "${scenarios[@]}"; do
   $CHECK split "$OUT/render/$s.yaml" "$OUT/split/$s"
 done
 
+log "helm package: symlinked alerts and dashboards travel with the chart"
+$CHECK package "$CHART" "$OUT/package" "$ROOT" 2> >(grep -v 'found symbolic link' >&2)
+
+LONG_RELEASE=herald-production-europe-west1-blue-green-canary   # 48 characters
+log "helm render: all-on with a long release name ($LONG_RELEASE)"
+$RENDER "$CHART" -f helm/tests/values/all-on.yaml --name "$LONG_RELEASE" \
+  -o "$OUT/render/long-name.yaml" 2> >(grep -v 'found symbolic link' >&2)
+mkdir -p "$OUT/split/long-name"
+$CHECK split "$OUT/render/long-name.yaml" "$OUT/split/long-name"
+scenarios+=(long-name)
+
 # --- 3. manifests ---------------------------------------------------------------------------
 for s in "${scenarios[@]}"; do
   for k in "${K8S_VERSIONS[@]}"; do

@@ -207,6 +207,30 @@ class Scenarios(unittest.TestCase):
                     self.assertEqual(md["labels"].get("app.kubernetes.io/managed-by"), "Helm")
 
 
+class Names(unittest.TestCase):
+    def test_names_fit_kubernetes_limits(self):
+        """Every scenario, including all-on rendered with a 48-character release name."""
+        dns1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+        paths = sorted(glob.glob(os.path.join(RENDER, "*.yaml")))
+        self.assertIn(os.path.join(RENDER, "long-name.yaml"), paths)
+        for path in paths:
+            docs = load(os.path.basename(path)[:-5])
+            keys = [(d["kind"], d["metadata"]["name"]) for d in docs]
+            self.assertEqual(len(keys), len(set(keys)), f"duplicate objects in {path}")
+            for d in docs:
+                name = d["metadata"]["name"]
+                with self.subTest(file=os.path.basename(path), kind=d["kind"], name=name):
+                    self.assertLessEqual(len(name), 63)
+                    if d["kind"] == "Service":
+                        self.assertRegex(name, dns1035)
+                    if d["kind"] == "StatefulSet":
+                        # Pod names get "-N"; the controller-revision-hash label needs room.
+                        self.assertLessEqual(len(name), 52)
+                        self.assertLessEqual(len(d["spec"]["serviceName"]), 63)
+                    for k, v in d["metadata"].get("labels", {}).items():
+                        self.assertLessEqual(len(v), 63, k)
+
+
 class BundledNats(unittest.TestCase):
     def test_nats_url_points_at_the_bundled_nats_service(self):
         for s in ("default", "all-on", "nats-single"):

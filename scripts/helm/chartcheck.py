@@ -13,6 +13,9 @@
       `# expect-schema: TEXT` (values.schema.json itself must reject the merged values, checked
       here with jsonschema as well) or `# expect-template: TEXT` (a cross-field `fail` in the
       templates; the schema alone accepts it).
+  chartcheck.py package CHART OUT_DIR REPO_ROOT
+      `helm package`; the archive must hold files/alerts.yml and files/grafana/*.json as regular
+      files equal to deploy/prometheus/alerts.yml and deploy/grafana/*.json (symlinks followed).
   chartcheck.py compose deploy/compose.yaml
       3 Herald nodes (HERALD_BROKER=nats, URL naming the 3 NATS services), 3 NATS, Prometheus,
       Grafana mounting deploy/grafana; every bind-mount source exists.
@@ -330,12 +333,45 @@ def cmd_compose(compose_file):
     print(f"  compose ok: herald {heralds}, nats {nats}, prometheus, grafana; mounts exist")
 
 
+def cmd_package(chart, out_dir, root):
+    """`helm package` (Helm's Go library) and check the archive carries the symlinked files as
+    regular files with the bytes of deploy/prometheus/alerts.yml and deploy/grafana/*.json."""
+    import asyncio
+    import glob
+    import tarfile
+    import helm_sdkpy as h
+    os.makedirs(out_dir, exist_ok=True)
+    tgz = asyncio.run(h.Package(h.Configuration()).run(os.path.abspath(chart), os.path.abspath(out_dir)))
+    want = {"herald/files/alerts.yml": os.path.join(root, "deploy", "prometheus", "alerts.yml")}
+    for f in glob.glob(os.path.join(root, "deploy", "grafana", "*.json")):
+        want[f"herald/files/grafana/{os.path.basename(f)}"] = f
+    errors = []
+    with tarfile.open(tgz) as t:
+        names = set(t.getnames())
+        for member, src in sorted(want.items()):
+            if member not in names:
+                errors.append(f"{member} missing from {os.path.basename(tgz)}")
+                continue
+            info = t.getmember(member)
+            if not info.isfile():
+                errors.append(f"{member} is not a regular file in the package")
+                continue
+            with open(src, "rb") as f:
+                if t.extractfile(info).read() != f.read():
+                    errors.append(f"{member} differs from {os.path.relpath(src, root)}")
+    if errors:
+        for e in errors:
+            print(f"  package: {e}", file=sys.stderr)
+        sys.exit(f"package: {len(errors)} problem(s)")
+    print(f"  {os.path.basename(tgz)}: {len(want)} symlinked files packaged with their contents")
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     {"split": cmd_split, "crds": cmd_crds, "bad": cmd_bad, "dockerfile": cmd_dockerfile,
-     "compose": cmd_compose}[cmd](*args)
+     "compose": cmd_compose, "package": cmd_package}[cmd](*args)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ app.kubernetes.io/component: server
 {{- end }}
 
 {{/* Bundled NATS pods */}}
+{{/* At most 50 characters: StatefulSet pod names get "-N" and a controller-revision-hash label
+     (limit 63 with the hash), and the headless Service appends "-headless". */}}
 {{- define "herald.nats.fullname" -}}
-{{- printf "%s-nats" (include "herald.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-nats" (include "herald.fullname" . | trunc 45 | trimSuffix "-") }}
 {{- end }}
 
 {{- define "herald.nats.selectorLabels" -}}
