@@ -69,7 +69,7 @@ enum Cmd {
     /// Fan-out: N WebSocket subscribers on one channel, publishing at a fixed rate.
     Fanout {
         #[arg(long)]
-        addr: SocketAddr,
+        addr: Vec<SocketAddr>,
         /// gRPC endpoint, e.g. http://127.0.0.1:50051.
         #[arg(long)]
         grpc: String,
@@ -85,9 +85,9 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
         sources: String,
-        /// PID of the server process (for CPU and RSS).
+        /// PID of each server process (for CPU and RSS); repeat for several nodes.
         #[arg(long)]
-        pid: Option<u32>,
+        pid: Vec<u32>,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -323,14 +323,14 @@ struct SubResult {
 
 #[allow(clippy::too_many_arguments)]
 async fn fanout(
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     grpc: String,
     subscribers: usize,
     rate: u64,
     duration: Duration,
     size: usize,
     srcs: Vec<IpAddr>,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     json: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let channel = format!("fanout-{}", now_us());
@@ -342,6 +342,7 @@ async fn fanout(
     let mut opens = Vec::new();
     for i in 0..subscribers {
         let (src, channel, sem) = (srcs[i % srcs.len()], channel.clone(), sem.clone());
+        let addr = addrs[i % addrs.len()];
         opens.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await;
             open_ws(src, addr, &channel).await
@@ -379,7 +380,7 @@ async fn fanout(
             r
         }));
     }
-    let cpu0 = pid.map(cpu_seconds).unwrap_or(0.0);
+    let cpu0: f64 = pids.iter().copied().map(cpu_seconds).sum();
     let mut client = herald_proto::v1::herald_client::HeraldClient::connect(grpc).await?;
     let pad = "x".repeat(size.saturating_sub(40));
     let start = Instant::now();
@@ -413,7 +414,7 @@ async fn fanout(
     let settle = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = expected;
-    let cpu1 = pid.map(cpu_seconds).unwrap_or(0.0);
+    let cpu1: f64 = pids.iter().copied().map(cpu_seconds).sum();
     let _ = settle;
     done.notify_waiters();
     let mut all = Vec::new();
@@ -441,7 +442,7 @@ async fn fanout(
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
         "server_cpu_seconds": server_cpu,
         "server_cpu_us_per_delivery": if received > 0 { server_cpu * 1e6 / received as f64 } else { 0.0 },
-        "server_rss_kb": pid.map(rss_kb),
+        "server_rss_kb": pids.iter().copied().map(rss_kb).collect::<Vec<_>>(), "nodes": addrs.len(),
     });
     println!("{result}");
     if let Some(path) = json {
