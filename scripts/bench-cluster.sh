@@ -47,7 +47,7 @@ for storage in file memory; do
   for mode in unary stream; do
     echo "== storage=$storage: gRPC publish throughput ($mode) through node 1"
     timeout 120 taskset -c 1 ./target/release/herald-bench publish --grpc http://127.0.0.1:25051 \
-      --mode "$mode" --duration 5s | tail -1
+      --mode "$mode" --concurrency "$([ "$mode" = stream ] && echo 1 || echo 64)" --duration 5s | tail -1
   done
   cleanup; PIDS=(); rm -rf "$STORE"
 done
