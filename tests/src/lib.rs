@@ -11,6 +11,7 @@
 //! own environment is never changed.
 
 pub mod cluster;
+pub mod observe;
 
 use std::{
     fs::File,

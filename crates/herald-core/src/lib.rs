@@ -13,6 +13,7 @@ mod cursor;
 mod json;
 mod memory;
 mod message;
+pub mod trace;
 
 pub use broker::{
     Broker, BrokerError, BrokerState, HistoryPage, HistoryQuery, LiveEvent, PublishRequest,

@@ -228,12 +228,10 @@ impl Broker for MemoryBroker {
 
         let seq = now.max(state.last + 1);
         state.last = seq;
-        let msg = Arc::new(Message::new(
-            request.channel.clone(),
-            Cursor(seq),
-            now,
-            request.data,
-        ));
+        let msg = Arc::new(
+            Message::new(request.channel.clone(), Cursor(seq), now, request.data)
+                .with_traceparent(crate::trace::current_traceparent()),
+        );
         let cutoff = self.age_cutoff(now);
         let chan = state.channels.entry(request.channel).or_default();
         chan.evict_expired(cutoff);

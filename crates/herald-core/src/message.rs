@@ -1,7 +1,7 @@
 //! Messages as brokers store them and clients receive them, with their wire encodings.
 
 use std::{
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -34,6 +34,9 @@ pub struct Message {
     ws: OnceLock<Bytes>,
     /// A whole SSE event: `id:`, `event: message`, `data:` and the blank line.
     sse: OnceLock<Bytes>,
+    /// W3C `traceparent` of the publish, when it was traced and the broker carried it: the
+    /// edge continues that trace when it receives and delivers the message.
+    traceparent: Option<Arc<str>>,
 }
 
 impl Message {
@@ -47,7 +50,19 @@ impl Message {
             json: OnceLock::new(),
             ws: OnceLock::new(),
             sse: OnceLock::new(),
+            traceparent: None,
         }
+    }
+
+    /// The same message carrying the publish's W3C `traceparent` (see [`crate::trace`]).
+    pub fn with_traceparent(mut self, traceparent: Option<Arc<str>>) -> Self {
+        self.traceparent = traceparent;
+        self
+    }
+
+    /// The publish's W3C `traceparent`, when it was traced.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// Publish time in milliseconds since the Unix epoch (the `ts` clients see).

@@ -10,7 +10,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use herald_core::{
-    Broker, BrokerError, ChannelName, Cursor, HistoryQuery, LiveEvent, Subscription,
+    Broker, BrokerError, ChannelName, Cursor, HistoryQuery, LiveEvent, Message, Protocol,
+    Subscription,
 };
 use herald_telemetry::Metrics;
 use parking_lot::Mutex;
@@ -66,6 +67,45 @@ impl Slot {
             // A false return means the outbox closed (slow consumer or drain); its
             // connection notices, leaves, and the client resumes from its cursor.
             outbox.push(item.clone());
+        }
+    }
+
+    /// [`Slot::fan_out`] for a message whose publish was traced, when this node exports
+    /// traces: a `herald.edge.receive` span continuing the publish's trace, and in it one
+    /// `herald.deliver` span per protocol with subscribers here (never one per connection),
+    /// covering the hand-off to those connections' outbound queues.
+    fn fan_out_traced(&self, message: &Arc<Message>, traceparent: &str) {
+        let receive = tracing::info_span!(
+            "herald.edge.receive",
+            otel.kind = "consumer",
+            channel = %self.channel,
+            cursor = message.cursor.0,
+            trace_id = tracing::field::Empty,
+        );
+        herald_telemetry::trace::set_parent(&receive, traceparent);
+        let _receiving = receive.enter();
+        let item = Item::Message(message.clone());
+        let members = self.members.lock();
+        for protocol in Protocol::ALL {
+            let subscribers = members
+                .conns
+                .values()
+                .filter(|o| o.protocol == protocol)
+                .count();
+            if subscribers == 0 {
+                continue;
+            }
+            let deliver = tracing::info_span!(
+                "herald.deliver",
+                otel.name = format!("herald.deliver {}", protocol.as_str()),
+                protocol = protocol.as_str(),
+                subscribers,
+            );
+            let _delivering = deliver.enter();
+            tracing::debug!("delivering traced message");
+            for outbox in members.conns.values().filter(|o| o.protocol == protocol) {
+                outbox.push(item.clone());
+            }
         }
     }
 }
@@ -264,7 +304,12 @@ async fn pump(hub: Arc<Hub>, slot: Arc<Slot>) {
                 Some(LiveEvent::Message(m)) => {
                     if last.is_none_or(|l| m.cursor > l) {
                         last = Some(m.cursor);
-                        slot.fan_out(&Item::Message(m));
+                        match m.traceparent() {
+                            Some(tp) if herald_telemetry::trace::enabled() => {
+                                slot.fan_out_traced(&m, tp)
+                            }
+                            _ => slot.fan_out(&Item::Message(m)),
+                        }
                     }
                 }
                 Some(LiveEvent::Lagged) => hub.repair(&slot, &mut last).await,
@@ -341,7 +386,7 @@ mod tests {
     async fn repairs_a_lagged_feed_from_history() {
         let (broker, hub) = setup(2);
         let ch = ChannelName::new("lag").unwrap();
-        let outbox = Arc::new(Outbox::new(1 << 20));
+        let outbox = Arc::new(Outbox::new(1 << 20, herald_core::Protocol::WebSocket));
         hub.join(&ch, 1, &outbox).await.unwrap();
         // No await point yields here, so the pump cannot drain its 2-message buffer.
         let mut sent = Vec::new();
@@ -369,7 +414,7 @@ mod tests {
     async fn interest_ends_after_the_linger() {
         let (broker, hub) = setup(16);
         let ch = ChannelName::new("linger").unwrap();
-        let outbox = Arc::new(Outbox::new(1 << 20));
+        let outbox = Arc::new(Outbox::new(1 << 20, herald_core::Protocol::WebSocket));
         hub.join(&ch, 1, &outbox).await.unwrap();
         assert_eq!((hub.channel_count(), broker.live_subscriptions()), (1, 1));
         hub.leave(&ch, 1);

@@ -6,7 +6,7 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
-use herald_core::{ChannelName, Message};
+use herald_core::{ChannelName, Message, Protocol};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -53,6 +53,9 @@ pub(crate) struct Outbox {
     notify: Notify,
     /// Most bytes of items held at once.
     limit: usize,
+    /// The protocol of the connection it feeds: traced fan-out makes one delivery span per
+    /// protocol, not per connection.
+    pub(crate) protocol: Protocol,
 }
 
 struct State {
@@ -64,7 +67,7 @@ struct State {
 }
 
 impl Outbox {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, protocol: Protocol) -> Self {
         Self {
             state: Mutex::new(State {
                 items: VecDeque::new(),
@@ -74,6 +77,7 @@ impl Outbox {
             }),
             notify: Notify::new(),
             limit,
+            protocol,
         }
     }
 
@@ -169,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer() {
-        let o = Outbox::new(1000);
+        let o = Outbox::new(1000, Protocol::WebSocket);
         let mut pushed = 0;
         while o.push(msg(pushed)) {
             pushed += 1;
@@ -182,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_in_order_and_wakes_writer() {
-        let o = Arc::new(Outbox::new(1 << 20));
+        let o = Arc::new(Outbox::new(1 << 20, Protocol::WebSocket));
         let writer = {
             let o = o.clone();
             tokio::spawn(async move {

@@ -67,7 +67,7 @@ impl Registry {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(outbox_bytes));
+        let outbox = Arc::new(Outbox::new(outbox_bytes, protocol));
         self.conns.lock().insert(id, (outbox.clone(), kill.clone()));
         if counts_itself(protocol) {
             self.metrics

@@ -33,6 +33,9 @@ use crate::{NatsBrokerConfig, NatsError, StorageKind, subject::Subjects};
 /// Header carrying the previous sequence of the same channel (0 for its first message): the
 /// chain link that makes gaps detectable in stored history (JetStream stores no such link).
 pub(crate) const HDR_PREV: &str = "Herald-Prev";
+/// W3C trace context of a traced publish; republished with the message to every node, which
+/// continues the trace. Absent when the publisher does not trace.
+pub(crate) const HDR_TRACEPARENT: &str = "traceparent";
 /// Header carrying the publish time in µs since the Unix epoch (the message's `ts`).
 pub(crate) const HDR_TS: &str = "Herald-Ts";
 /// Republish header: the stream sequence (the cursor).
@@ -235,6 +238,9 @@ impl NatsBroker {
             headers.insert(HDR_TS, unix_micros().to_string());
             if let Some(key) = &request.idempotency_key {
                 headers.insert(HDR_MSG_ID, key.as_str());
+            }
+            if let Some(tp) = herald_core::trace::current_traceparent() {
+                headers.insert(HDR_TRACEPARENT, &*tp);
             }
             let message = PublishMessage::build()
                 .payload(request.data.bytes().clone())
@@ -484,7 +490,13 @@ pub(crate) fn to_message(
 ) -> Option<Message> {
     let ts = header_u64(headers, HDR_TS).unwrap_or_else(fallback_us);
     match Payload::from_json(payload, usize::MAX) {
-        Ok(data) => Some(Message::new(channel.clone(), Cursor(seq), ts, data)),
+        Ok(data) => Some(
+            Message::new(channel.clone(), Cursor(seq), ts, data).with_traceparent(
+                headers
+                    .get(HDR_TRACEPARENT)
+                    .map(|v| std::sync::Arc::from(v.as_str())),
+            ),
+        ),
         Err(error) => {
             warn!(%channel, seq, %error, "skipping a stored message that is not JSON");
             None

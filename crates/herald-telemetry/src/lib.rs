@@ -1,9 +1,11 @@
-//! Herald's telemetry: the Prometheus metric families every component records into, and the
-//! `tracing` subscriber set-up.
+//! Herald's telemetry: the Prometheus metric families every component records into, the
+//! `tracing` subscriber set-up and OpenTelemetry trace export ([`trace`]).
 //!
 //! Every family is registered and every `protocol` series initialised at zero at start-up,
 //! so dashboards and alerts never see a missing series. No label ever holds a channel name or
 //! a client id.
+
+pub mod trace;
 
 use herald_core::Protocol;
 use prometheus::{
@@ -354,7 +356,7 @@ impl Metrics {
 }
 
 /// Installs the global `tracing` subscriber: `RUST_LOG`-style filter (default `info`), text or
-/// JSON lines on stderr.
+/// JSON lines on stderr. No OpenTelemetry export: servers use [`trace::init`].
 pub fn init_tracing(filter: &str, json: bool) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));

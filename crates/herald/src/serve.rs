@@ -65,7 +65,14 @@ async fn bind(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListen
 
 pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
     let config = Config::from_settings(settings.with_file()?)?;
-    herald_telemetry::init_tracing(&config.log, config.log_format == LogFormat::Json);
+    let traces = herald_telemetry::trace::init(
+        &config.log,
+        config.log_format == LogFormat::Json,
+        &config.node_id,
+    );
+    if traces.exporting() {
+        tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)");
+    }
 
     let http = bind(config.http_addr, "HERALD_HTTP_ADDR").await?;
     let grpc = bind(config.grpc_addr, "HERALD_GRPC_ADDR").await?;
@@ -197,6 +204,7 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), grpc_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!("stopped");
+    traces.shutdown().await;
     Ok(())
 }
 
