@@ -9,7 +9,9 @@
 #      HTTPRoute), which kubernetes-validate has no schema for, against minimal structural
 #      schemas in scripts/helm/chartcheck.py.
 #   4. Bad values (helm/tests/bad/) that values.schema.json or the templates must reject.
-#   5. helm/tests/test_*.py assertions on the rendered output.
+#   5. deploy/compose.yaml and the NATS/Prometheus configs checked by their own tools.
+#   6. helm/tests/test_*.py: assertions on the rendered output, the real binary run with the
+#      rendered environment, and the rendered NATS config run as a 3-server cluster.
 # Any failure exits non-zero. Safe to re-run: the venv (target/helm-venv) is reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
