@@ -98,8 +98,8 @@ log "helm package: symlinked alerts and dashboards travel with the chart"
 $CHECK package "$CHART" "$OUT/package" "$ROOT" 2> >(grep -v 'found symbolic link' >&2)
 
 LONG_RELEASE=herald-production-europe-west1-blue-green-canary   # 48 characters
-log "helm render: all-on with a long release name ($LONG_RELEASE)"
-$RENDER "$CHART" -f helm/tests/values/all-on.yaml --name "$LONG_RELEASE" \
+log "helm render: all-on with a long release name ($LONG_RELEASE) in namespace push-prod"
+$RENDER "$CHART" -f helm/tests/values/all-on.yaml --name "$LONG_RELEASE" --namespace push-prod \
   -o "$OUT/render/long-name.yaml" 2> >(grep -v 'found symbolic link' >&2)
 mkdir -p "$OUT/split/long-name"
 $CHECK split "$OUT/render/long-name.yaml" "$OUT/split/long-name"

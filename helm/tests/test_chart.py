@@ -231,6 +231,18 @@ class Names(unittest.TestCase):
                         self.assertLessEqual(len(v), 63, k)
 
 
+    def test_release_namespace_everywhere(self):
+        """long-name.yaml is rendered in namespace push-prod: nothing may say "default"."""
+        docs = load("long-name")
+        for d in docs:
+            self.assertEqual(d["metadata"]["namespace"], "push-prod", f"{d['kind']}/{d['metadata']['name']}")
+        host = urlparse(herald_env(docs)["HERALD_NATS_URL"]).hostname
+        self.assertTrue(host.endswith(".push-prod.svc.cluster.local"), host)
+        sts = one(docs, "StatefulSet")
+        conf = one(docs, "ConfigMap", sts["metadata"]["name"])["data"]["nats.conf"]
+        self.assertEqual(len(re.findall(r"\.push-prod\.svc\.cluster\.local:6222", conf)), 3)
+
+
 class BundledNats(unittest.TestCase):
     def test_nats_url_points_at_the_bundled_nats_service(self):
         for s in ("default", "all-on", "nats-single"):
