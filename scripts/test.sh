@@ -40,6 +40,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo build (the end-to-end tests run the real herald binary)"
+cargo build --workspace --bins --locked
 log "cargo test (unit, conformance, real nats-server, end-to-end)"
 cargo test --workspace --locked
 scripts/check-observability.sh
