@@ -5,6 +5,7 @@
 //! The edge keeps nothing a restart may lose: a client's position is its cursor, so it can
 //! resume on any node.
 
+mod assets;
 mod error;
 mod hub;
 mod outbox;
@@ -77,9 +78,13 @@ pub struct EdgeConfig {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) accepted.
     pub max_request_head: usize,
+    /// Transports refused with 403 (`websocket`, `sse`, `longpoll`, `poll`).
+    pub disabled_transports: Vec<String>,
 }
 
 impl EdgeConfig {
+    /// Names accepted in [`EdgeConfig::disabled_transports`].
+    pub const TRANSPORTS: [&str; 4] = ["websocket", "sse", "longpoll", "poll"];
     /// Default outbound queue bound: 1 MiB.
     pub const DEFAULT_OUTBOX_BYTES: usize = 1 << 20;
     /// Default channels per connection.
@@ -131,6 +136,7 @@ impl Default for EdgeConfig {
             cors_origins: vec!["*".into()],
             header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
             max_request_head: Self::DEFAULT_MAX_REQUEST_HEAD,
+            disabled_transports: Vec::new(),
         }
     }
 }
@@ -219,6 +225,11 @@ impl Edge {
         Router::new()
             .route("/ws", get(ws_route))
             .merge(polled)
+            .merge(assets::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                self.inner.clone(),
+                assets::refuse_disabled,
+            ))
             .fallback(not_found)
             .with_state(self.inner.clone())
     }

@@ -130,6 +130,10 @@ pub(crate) struct Settings {
     /// Origins allowed by CORS on /sse and /poll, comma-separated; * for any [default: *].
     #[arg(long, env = "HERALD_CORS_ORIGINS")]
     pub(crate) cors_origins: Option<String>,
+    /// Client transports this node refuses (403), comma-separated: websocket, sse, longpoll,
+    /// poll [default: none].
+    #[arg(long, env = "HERALD_DISABLED_TRANSPORTS")]
+    pub(crate) disabled_transports: Option<String>,
     /// SSE heartbeat interval [default: 15s].
     #[arg(long, env = "HERALD_SSE_HEARTBEAT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
@@ -195,7 +199,7 @@ impl Settings {
             nats_stream, nats_replicas, nats_storage, nats_user, nats_password, nats_token,
             nats_creds, nats_ca, nats_tls,
             history_size, history_ttl, max_message_bytes, outbox_bytes, max_connections,
-            max_channels_per_connection, cors_origins, sse_heartbeat, sse_retry,
+            max_channels_per_connection, cors_origins, disabled_transports, sse_heartbeat, sse_retry,
             ws_ping_interval, drain_timeout, drain_rate, log, log_format, api_keys,
             api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval);
         Ok(self)
@@ -304,6 +308,16 @@ impl Config {
                 );
             }
             edge.cors_origins = list;
+        }
+        if let Some(list) = &s.disabled_transports {
+            for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if !EdgeConfig::TRANSPORTS.contains(&t) {
+                    bail!(
+                        "HERALD_DISABLED_TRANSPORTS: unknown transport {t:?}; use websocket, sse, longpoll, poll"
+                    );
+                }
+                edge.disabled_transports.push(t.to_owned());
+            }
         }
         for (name, value, min) in [
             (

@@ -1,0 +1,311 @@
+// Browser tests of the SDK: Debian's chromium, headless, driven by playwright-core, against
+// real herald nodes (the binary in HERALD_BIN) on a real nats-server. Run by
+// scripts/check-browser.sh; exits non-zero on any failure.
+//   NODE_PATH=<dir>/node_modules HERALD_BIN=target/debug/herald SCREENSHOT=target/screenshots/demo.png \
+//     node clients/js/test/browser.test.cjs
+"use strict";
+const { spawn, spawnSync } = require("child_process");
+const fs = require("fs");
+const net = require("net");
+const os = require("os");
+const path = require("path");
+const { chromium } = require("playwright-core");
+
+const BIN = process.env.HERALD_BIN || "target/debug/herald";
+const NATS = process.env.NATS_SERVER || "/usr/sbin/nats-server";
+const SHOT = process.env.SCREENSHOT || "target/screenshots/demo.png";
+const TMP = fs.mkdtempSync(path.join(os.tmpdir(), "herald-browser-"));
+const procs = [];
+let failures = 0;
+
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+const freePort = () =>
+  new Promise((ok, err) => {
+    const s = net.createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const p = s.address().port;
+      s.close(() => ok(p));
+    });
+    s.on("error", err);
+  });
+
+function start(name, cmd, args, env = {}) {
+  const log = fs.openSync(path.join(TMP, `${name}.log`), "w");
+  const p = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", log, log] });
+  p.name = name;
+  procs.push(p);
+  return p;
+}
+
+function killAll() {
+  for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+}
+process.on("exit", killAll);
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(1));
+
+async function waitHttp(url, ms = 20000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    try {
+      if ((await fetch(url)).ok) return;
+    } catch {}
+    await sleep(100);
+  }
+  throw new Error(`${url} not ready in ${ms} ms`);
+}
+
+async function startNats() {
+  const port = await freePort();
+  start("nats", NATS, ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", path.join(TMP, "nats")]);
+  const end = Date.now() + 10000;
+  for (;;) {
+    const ok = await new Promise((r) => {
+      const c = net.connect(port, "127.0.0.1", () => (c.end(), r(true)));
+      c.on("error", () => r(false));
+    });
+    if (ok) return `nats://127.0.0.1:${port}`;
+    if (Date.now() > end) throw new Error("nats-server did not start");
+    await sleep(100);
+  }
+}
+
+async function startNode(name, env) {
+  const [http, grpc, admin] = [await freePort(), await freePort(), await freePort()];
+  const p = start(name, BIN, ["serve"], {
+    HERALD_HTTP_ADDR: `127.0.0.1:${http}`,
+    HERALD_GRPC_ADDR: `127.0.0.1:${grpc}`,
+    HERALD_ADMIN_ADDR: `127.0.0.1:${admin}`,
+    HERALD_NODE_ID: name,
+    HERALD_LOG: "info",
+    ...env,
+  });
+  await waitHttp(`http://127.0.0.1:${admin}/readyz`);
+  return { name, proc: p, url: `http://127.0.0.1:${http}`, grpc: `http://127.0.0.1:${grpc}` };
+}
+
+// Publishes JSON values through the CLI (gRPC); returns the cursors it printed.
+function publish(node, channel, values) {
+  const r = spawnSync(BIN, ["publish", "--grpc", node.grpc, channel, "-"], {
+    input: values.map((v) => JSON.stringify(v)).join("\n") + "\n",
+    encoding: "utf8",
+    timeout: 20000,
+  });
+  if (r.status !== 0) throw new Error(`herald publish failed: ${r.stderr}`);
+  const sum = JSON.parse(r.stdout); // stdin mode prints a summary
+  if (sum.published !== values.length) throw new Error(`herald publish: ${r.stdout}`);
+  return sum.last_cursor;
+}
+
+let ctx;
+async function openDemo(node, params) {
+  const page = await ctx.newPage();
+  page.on("console", (m) => {
+    const t = m.text(); // connection errors are expected while falling back or failing over
+    if (!/Failed to load resource|WebSocket connection to/.test(t)) console.log(`  [page] ${t}`);
+  });
+  page.on("pageerror", (e) => console.log(`  [page error] ${e.message}`));
+  await page.goto(`${node.url}/?${new URLSearchParams(params)}`);
+  return page;
+}
+
+const demo = (page) => page.evaluate(() => ({
+  messages: window.heraldDemo.messages,
+  gaps: window.heraldDemo.gaps,
+  states: window.heraldDemo.states.map(({ state, transport, url }) => ({ state, transport, url })),
+}));
+
+async function waitConnected(page, transport, url, ms = 15000) {
+  await page.waitForFunction(
+    ([t, u]) => {
+      const s = window.heraldDemo && window.heraldDemo.sub;
+      return s && s.state === "connected" && s.transport === t && (!u || s.url === u);
+    },
+    [transport, url],
+    { timeout: ms },
+  ).catch(async () => {
+    throw new Error(`not connected on ${transport} ${url || ""}: states ${JSON.stringify((await demo(page)).states)}`);
+  });
+}
+
+async function waitCount(page, n, ms = 15000) {
+  await page.waitForFunction((n) => window.heraldDemo.messages.length >= n, n, { timeout: ms }).catch(async () => {
+    const d = await demo(page);
+    throw new Error(`expected ${n} messages, got ${d.messages.length}: ${JSON.stringify(d.messages.map((m) => m.data))}`);
+  });
+  await sleep(300); // a duplicate would show up now
+}
+
+function expectSeq(messages, from, to, what) {
+  const got = messages.map((m) => m.data.n);
+  const want = [];
+  for (let i = from; i < to; i++) want.push(i);
+  if (JSON.stringify(got) !== JSON.stringify(want))
+    throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+}
+
+async function test(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    failures++;
+    console.log(`FAIL ${name}: ${e.message}`);
+  }
+  for (const p of ctx ? ctx.pages() : []) await p.close().catch(() => {});
+}
+
+const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, tag }));
+
+(async () => {
+  const deadline = setTimeout(() => {
+    console.log("FAIL: browser tests took over 240 s");
+    process.exit(1);
+  }, 240000);
+  const nats = await startNats();
+  const onNats = { HERALD_BROKER: "nats", HERALD_NATS_URL: nats };
+  const [a, b, noWs, noWsSse, gapNode] = await Promise.all([
+    startNode("a", onNats),
+    startNode("b", onNats),
+    startNode("no-ws", { ...onNats, HERALD_DISABLED_TRANSPORTS: "websocket" }),
+    startNode("no-ws-sse", { ...onNats, HERALD_DISABLED_TRANSPORTS: "websocket,sse" }),
+    startNode("gap", { HERALD_BROKER: "memory", HERALD_HISTORY_SIZE: "3" }),
+  ]);
+  console.log(`nats ${nats}; nodes ${[a, b, noWs, noWsSse, gapNode].map((n) => n.url).join(" ")}`);
+
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "chromium-profile-"));
+  ctx = await chromium.launchPersistentContext(dir, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
+    timeout: 30000,
+    viewport: { width: 1000, height: 700 },
+  });
+  await ctx.route("**/*", (route) =>
+    /^(127\.|localhost$)/.test(new URL(route.request().url()).hostname) ? route.continue() : route.abort());
+
+  await test("the node serves /herald.js as JavaScript and the demo page", async () => {
+    const js = await fetch(`${a.url}/herald.js`);
+    const ct = js.headers.get("content-type") || "";
+    if (!js.ok || !ct.startsWith("text/javascript") || !js.headers.get("cache-control"))
+      throw new Error(`/herald.js: ${js.status} ${ct} ${js.headers.get("cache-control")}`);
+    const page = await fetch(`${a.url}/`);
+    if (!page.ok || !(await page.text()).includes("herald.js")) throw new Error(`/: ${page.status}`);
+    const ws = await fetch(`${noWsSse.url}/sse?channel=x`);
+    const body = await ws.json();
+    if (ws.status !== 403 || body.error.code !== "transport_disabled")
+      throw new Error(`disabled /sse: ${ws.status} ${JSON.stringify(body)}`);
+    const lp = await fetch(`${noWsSse.url}/poll?channel=x&wait=1`);
+    const ip = await fetch(`${noWsSse.url}/poll?channel=x`);
+    if (lp.status !== 200 || ip.status !== 200) throw new Error(`poll on no-ws-sse: ${lp.status} ${ip.status}`);
+  });
+
+  for (const t of ["websocket", "sse", "longpoll", "poll"]) {
+    await test(`${t} alone: messages arrive in order`, async () => {
+      const ch = `only-${t}`;
+      const page = await openDemo(a, { channel: ch, transports: t, poll: 300 });
+      await waitConnected(page, t);
+      publish(a, ch, seq(0, 10, t));
+      await waitCount(page, 10);
+      const d = await demo(page);
+      expectSeq(d.messages, 0, 10, t);
+      const other = d.states.filter((s) => s.transport !== t);
+      if (other.length) throw new Error(`used another transport: ${JSON.stringify(other)}`);
+      await page.close();
+    });
+  }
+
+  await test("fallback: WebSocket disabled -> SSE, every message", async () => {
+    const page = await openDemo(noWs, { channel: "fb-sse" });
+    await waitConnected(page, "sse");
+    publish(noWs, "fb-sse", seq(0, 10));
+    await waitCount(page, 10);
+    expectSeq((await demo(page)).messages, 0, 10, "fallback to sse");
+    await page.close();
+  });
+
+  await test("fallback: WebSocket and SSE disabled -> long-poll, every message", async () => {
+    const page = await openDemo(noWsSse, { channel: "fb-lp" });
+    await waitConnected(page, "longpoll");
+    publish(a, "fb-lp", seq(0, 10));
+    await waitCount(page, 10);
+    expectSeq((await demo(page)).messages, 0, 10, "fallback to longpoll");
+    await page.close();
+  });
+
+  await test("climb: on SSE the SDK periodically retries WebSocket, falls back again, loses nothing", async () => {
+    // Page on no-ws (WebSocket refused), second URL a full node: climbing from SSE retries
+    // WebSocket on the same node, falls back again; a node-level failure is not needed here.
+    const page = await openDemo(noWs, { channel: "climb", climb: 1500 });
+    await waitConnected(page, "sse");
+    await page.waitForFunction(() => window.heraldDemo.states.some((s) => s.state === "reconnecting" && s.reason === "climb") ||
+      window.heraldDemo.states.filter((s) => s.state === "connected").length >= 2, null, { timeout: 10000 });
+    await waitConnected(page, "sse");
+    publish(a, "climb", seq(0, 5));
+    await waitCount(page, 5);
+    expectSeq((await demo(page)).messages, 0, 5, "after climb attempt");
+    await page.close();
+  });
+
+  for (const t of ["websocket", "sse", "longpoll"]) {
+    await test(`failover on ${t}: node killed mid-stream, exactly the missed messages from the second node`, async () => {
+      const ch = `failover-${t}`;
+      const [x, y] = await Promise.all([startNode(`fx-${t}`, onNats), startNode(`fy-${t}`, onNats)]);
+      const page = await openDemo(x, { channel: ch, transports: t, urls: `${x.url},${y.url}`, backoff: 200 });
+      await waitConnected(page, t, x.url);
+      publish(x, ch, seq(0, 5));
+      await waitCount(page, 5);
+      x.proc.kill("SIGKILL");
+      publish(y, ch, seq(5, 15)); // while the page is cut off
+      await waitConnected(page, t, y.url);
+      publish(y, ch, seq(15, 20));
+      await waitCount(page, 20);
+      expectSeq((await demo(page)).messages, 0, 20, `failover ${t}`);
+      y.proc.kill("SIGKILL");
+      await page.close();
+    });
+  }
+
+  for (const t of ["websocket", "sse", "longpoll", "poll"]) {
+    await test(`gap on ${t}: resume beyond history (HERALD_HISTORY_SIZE=3) is a gap event`, async () => {
+      const ch = `gap-${t}`;
+      const c0 = publish(gapNode, ch, [{ n: -1 }]);
+      publish(gapNode, ch, seq(0, 10));
+      const page = await openDemo(gapNode, { channel: ch, transports: t, since: c0, poll: 300 });
+      await waitCount(page, 3);
+      const d = await demo(page);
+      if (!d.gaps.some((g) => g.channel === ch)) throw new Error(`no gap event: ${JSON.stringify(d)}`);
+      expectSeq(d.messages, 7, 10, `retained after gap on ${t}`);
+      await page.close();
+    });
+  }
+
+  await test("screenshot of the demo page", async () => {
+    const page = await openDemo(a, { channel: "demo,news" });
+    await waitConnected(page, "websocket");
+    publish(a, "demo", [{ text: "hello from herald" }, { text: "second message", n: 2 }]);
+    publish(a, "news", [{ headline: "Herald ships a browser SDK" }]);
+    await waitCount(page, 3);
+    fs.mkdirSync(path.dirname(SHOT), { recursive: true });
+    await page.screenshot({ path: SHOT, fullPage: true });
+    console.log(`     wrote ${SHOT}`);
+    await page.close();
+  });
+
+  await ctx.close();
+  clearTimeout(deadline);
+  killAll();
+  fs.rmSync(dir, { recursive: true, force: true });
+  if (failures) {
+    console.log(`${failures} browser test(s) failed; node logs in ${TMP}`);
+    process.exit(1);
+  }
+  fs.rmSync(TMP, { recursive: true, force: true });
+  console.log("all browser tests passed");
+  process.exit(0);
+})().catch((e) => {
+  console.log(`FAIL: ${e.stack || e}`);
+  console.log(`logs in ${TMP}`);
+  process.exit(1);
+});
