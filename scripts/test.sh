@@ -16,6 +16,7 @@ command -v cc >/dev/null 2>&1 || apt_missing+=(build-essential)
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl ca-certificates)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
 command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
+[ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -46,4 +47,5 @@ log "cargo test (unit, conformance, real nats-server, end-to-end)"
 cargo test --workspace --locked
 scripts/check-observability.sh
 scripts/check-helm.sh
+scripts/check-browser.sh
 log "all checks passed"

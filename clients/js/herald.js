@@ -77,8 +77,9 @@ export class Subscription extends EventTarget {
   _changed(cmd) {
     if (this.state === "closed") return;
     if (this._conn && this._conn.send && this.state === "connected") this._conn.send(cmd);
-    else if (this.transport === "sse" && this.state === "connected") this._reopen();
-    // polls read `channels` on every request
+    // SSE and a held long-poll carry their channels in the URL: reopen with the cursor.
+    else if (this.transport !== "poll" && this.state === "connected") this._reopen();
+    // interval polls read `channels` on every request
   }
 
   _stop() {
@@ -256,10 +257,11 @@ const OPEN = {
 function poll(sub, h, long) {
   const ctl = new AbortController();
   let timer;
+  let first = true; // the first request answers at once: it proves the transport works
   (async () => {
     while (h.live()) {
-      const fresh = sub.cursor === undefined || sub.cursor === null;
-      const wait = long && !fresh ? sub.options.longPollWait : 0;
+      const wait = long && !first ? sub.options.longPollWait : 0;
+      first = false;
       let reply;
       try {
         const res = await fetch(sub._endpoint("poll", { wait }), { signal: ctl.signal, cache: "no-store" });

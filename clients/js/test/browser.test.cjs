@@ -281,6 +281,28 @@ const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, 
     });
   }
 
+  for (const t of ["websocket", "sse", "longpoll", "poll"]) {
+    await test(`channels added and removed at run time on ${t}`, async () => {
+      const [ca, cb] = [`rt-a-${t}`, `rt-b-${t}`];
+      const page = await openDemo(a, { channel: ca, transports: t, poll: 300 });
+      await waitConnected(page, t);
+      await page.evaluate((c) => window.heraldDemo.sub.add(c), cb);
+      await waitConnected(page, t);
+      await sleep(1000); // the subscription of a new channel starts from now
+      publish(a, ca, [{ n: 0 }]);
+      publish(a, cb, [{ n: 1 }]);
+      await waitCount(page, 2);
+      await page.evaluate((c) => window.heraldDemo.sub.remove(c), ca);
+      await sleep(1000);
+      publish(a, ca, [{ n: -1 }]);
+      publish(a, cb, [{ n: 2 }]);
+      await waitCount(page, 3);
+      await sleep(700);
+      const d = await demo(page);
+      expectSeq(d.messages, 0, 3, `add/remove on ${t}`);
+    });
+  }
+
   await test("screenshot of the demo page", async () => {
     const page = await openDemo(a, { channel: "demo,news" });
     await waitConnected(page, "websocket");
