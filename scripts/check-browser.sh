@@ -11,11 +11,15 @@ JS=clients/js
 command -v npm >/dev/null || { echo "npm missing: apt-get install -y npm" >&2; exit 2; }
 HERALD_BIN=${HERALD_BIN:-$ROOT/target/debug/herald}
 [ -x "$HERALD_BIN" ] || cargo build -p herald
-echo "==> browser SDK: installing playwright-core and esbuild into $JS/node_modules"
-if [ ! -d "$JS/node_modules/playwright-core" ] || [ ! -d "$JS/node_modules/esbuild" ]; then
+echo "==> browser SDK: installing playwright-core, esbuild and typescript into $JS/node_modules"
+if [ ! -d "$JS/node_modules/playwright-core" ] || [ ! -d "$JS/node_modules/esbuild" ] ||
+  [ ! -d "$JS/node_modules/typescript" ]; then
   (cd "$JS" && timeout 300 npm install --no-audit --no-fund --no-save --loglevel=error \
-    playwright-core@1 esbuild@0 >/dev/null)
+    playwright-core@1 esbuild@0 typescript@5 >/dev/null)
 fi
+echo "==> herald.d.ts type-checks the documented usage (tsc --strict)"
+"$JS/node_modules/.bin/tsc" --noEmit --strict --target es2022 --lib es2022,dom \
+  --module es2022 --moduleResolution bundler "$JS/test/types.ts"
 size=$("$JS/node_modules/.bin/esbuild" --minify --format=esm --log-level=error "$JS/herald.js" | gzip -9 | wc -c)
 raw=$(wc -c < "$JS/herald.js")
 echo "==> herald.js: $raw bytes source, $size bytes minified+gzipped"

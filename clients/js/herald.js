@@ -77,8 +77,9 @@ export class Subscription extends EventTarget {
   _changed(cmd) {
     if (this.state === "closed") return;
     if (this._conn && this._conn.send && this.state === "connected") this._conn.send(cmd);
-    // SSE and a held long-poll carry their channels in the URL: reopen with the cursor.
-    else if (this.transport !== "poll" && this.state === "connected") this._reopen();
+    // SSE, a held long-poll and a WebSocket still connecting carry their channels in the
+    // URL: reopen with the cursor.
+    else if (this._conn && this.transport !== "poll") this._reopen();
     // interval polls read `channels` on every request
   }
 

@@ -480,6 +480,22 @@ mod tests {
     }
 
     #[test]
+    fn disabled_transports_are_checked() {
+        let s = Settings {
+            disabled_transports: Some("websocket, sse".into()),
+            ..Default::default()
+        };
+        let c = Config::from_settings(s).unwrap();
+        assert_eq!(c.edge.disabled_transports, ["websocket", "sse"]);
+        let s = Settings {
+            disabled_transports: Some("ws".into()),
+            ..Default::default()
+        };
+        let e = Config::from_settings(s).unwrap_err().to_string();
+        assert!(e.contains("HERALD_DISABLED_TRANSPORTS"), "{e}");
+    }
+
+    #[test]
     fn file_fills_what_flags_leave_unset() {
         let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
