@@ -248,6 +248,21 @@ const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, 
     await page.close();
   });
 
+  await test("climb: WebSocket refused by a proxy -> SSE; once upgrades pass again, back on WebSocket", async () => {
+    const page = await ctx.newPage();
+    let blocked = true; // a test "proxy" in the browser that refuses WebSocket upgrades
+    await page.routeWebSocket(/\/ws/, (ws) => (blocked ? ws.close({ code: 1006, reason: "blocked" }) : ws.connectToServer()));
+    await page.goto(`${a.url}/?${new URLSearchParams({ channel: "climb-real", climb: 2000 })}`);
+    await waitConnected(page, "sse");
+    publish(a, "climb-real", seq(0, 5));
+    await waitCount(page, 5);
+    blocked = false;
+    await waitConnected(page, "websocket", undefined, 10000);
+    publish(a, "climb-real", seq(5, 10));
+    await waitCount(page, 10);
+    expectSeq((await demo(page)).messages, 0, 10, "climb to websocket");
+  });
+
   for (const t of ["websocket", "sse", "longpoll"]) {
     await test(`failover on ${t}: node killed mid-stream, exactly the missed messages from the second node`, async () => {
       const ch = `failover-${t}`;
@@ -256,8 +271,13 @@ const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, 
       await waitConnected(page, t, x.url);
       publish(x, ch, seq(0, 5));
       await waitCount(page, 5);
+      await ctx.setOffline(true); // keep the page from reconnecting until 5..14 are published
       x.proc.kill("SIGKILL");
-      publish(y, ch, seq(5, 15)); // while the page is cut off
+      publish(y, ch, seq(5, 15));
+      await sleep(500);
+      const before = (await demo(page)).messages.length;
+      if (before !== 5) throw new Error(`got ${before} messages while offline`);
+      await ctx.setOffline(false);
       await waitConnected(page, t, y.url);
       publish(y, ch, seq(15, 20));
       await waitCount(page, 20);
