@@ -21,7 +21,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, BytesMut};
-use herald_core::{ChannelName, Cursor, HistoryQuery, Message, Protocol, unix_micros};
+use herald_core::{ChannelName, Cursor, Message, Protocol, unix_micros};
 use herald_telemetry::{CloseReason, Metrics};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -245,42 +245,12 @@ async fn read_history(
     since: Cursor,
 ) -> Result<Reply, EdgeError> {
     let limit = edge.config.poll_max_messages;
-    let query = HistoryQuery {
-        after: since,
-        limit,
-    };
-    // Several channels are read one by one: bound the reply by the head read before the
-    // reads, so a message stored on an already-read channel meanwhile cannot be skipped by a
-    // cursor taken from a later channel (it is returned by the next poll instead).
-    let bound = if channels.len() > 1 {
-        Some(edge.broker.head().await?)
-    } else {
-        None
-    };
-    edge.metrics.history_reads.inc_by(channels.len() as u64);
-    let pages =
-        futures_util::future::join_all(channels.iter().map(|c| edge.broker.history(c, query)))
-            .await;
-    let mut messages = Vec::new();
-    let mut gaps = Vec::new();
-    for (c, page) in channels.iter().zip(pages) {
-        let page = page?;
-        if page.gap {
-            gaps.push(c.clone());
-        }
-        let mut page_messages = page.messages;
-        if let Some(bound) = bound {
-            page_messages.retain(|m| m.cursor <= bound);
-        }
-        messages.extend(page_messages);
-    }
-    messages.sort_by_key(|m| m.cursor);
-    messages.truncate(limit);
-    let cursor = messages.last().map_or(since, |m| m.cursor);
+    let merged = crate::session::read_merged(edge, channels, since, limit, Some(limit)).await?;
+    let cursor = merged.messages.last().map_or(since, |m| m.cursor);
     Ok(Reply {
-        messages,
+        messages: merged.messages,
         cursor,
-        gaps,
+        gaps: merged.gaps,
     })
 }
 

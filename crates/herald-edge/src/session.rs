@@ -8,7 +8,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use futures_util::future::join_all;
-use herald_core::{ChannelName, Cursor, HistoryQuery, Message};
+use herald_core::{BrokerError, ChannelName, Cursor, HistoryQuery, Message};
 
 use crate::{EdgeError, EdgeInner, registry::Registration};
 
@@ -90,62 +90,17 @@ impl Session {
         };
 
         let per_channel = limit.unwrap_or(self.edge.config.catchup_limit);
-        let query = HistoryQuery {
-            after: since,
-            limit: per_channel,
+        let Merged {
+            messages,
+            gaps,
+            lasts,
+        } = match read_merged(&self.edge, &fresh, since, per_channel, limit).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.leave_all(&fresh);
+                return Err(EdgeError::Broker(e));
+            }
         };
-        // Channels are read one by one, so a message stored on an already-read channel while
-        // a later one is read could sort before messages returned here. Bounding the catch-up
-        // by the head read *before* the reads makes it a consistent cut: everything up to the
-        // bound is in the pages, and everything after it arrives live (joined above).
-        let bound = if fresh.len() > 1 {
-            match broker.head().await {
-                Ok(head) => Some(head),
-                Err(e) => {
-                    self.leave_all(&fresh);
-                    return Err(EdgeError::Broker(e));
-                }
-            }
-        } else {
-            None
-        };
-        self.edge.metrics.history_reads.inc_by(fresh.len() as u64);
-        let pages = join_all(fresh.iter().map(|c| broker.history(c, query))).await;
-        let mut gaps = Vec::new();
-        let mut messages = Vec::new();
-        let mut lasts = Vec::with_capacity(fresh.len());
-        for (c, page) in fresh.iter().zip(pages) {
-            let mut page = match page {
-                Ok(p) => p,
-                Err(e) => {
-                    self.leave_all(&fresh);
-                    return Err(EdgeError::Broker(e));
-                }
-            };
-            if page.gap {
-                gaps.push(c.clone());
-            }
-            if let Some(bound) = bound {
-                page.messages.retain(|m| m.cursor <= bound);
-            }
-            // After a gap nothing is known about `since` (it may even be a cursor this broker
-            // never issued), so only the retained messages bound what live may repeat.
-            let floor = if page.gap { Cursor::ZERO } else { since };
-            lasts.push(page.messages.last().map_or(floor, |m| m.cursor));
-            messages.extend(page.messages);
-        }
-        messages.sort_by_key(|m| m.cursor);
-        if let Some(limit) = limit
-            && messages.len() > limit
-        {
-            // Keep a prefix that is complete for every channel: the first `limit` of the
-            // merge are the true first `limit`, as each channel gave up to `limit`.
-            messages.truncate(limit);
-            let cut = messages.last().map_or(since, |m| m.cursor);
-            for last in &mut lasts {
-                *last = (*last).min(cut);
-            }
-        }
         for (c, last) in fresh.iter().zip(lasts) {
             self.channels.insert(c.clone(), last);
         }
@@ -199,4 +154,76 @@ impl Drop for Session {
             self.edge.hub.leave(c, self.reg.id);
         }
     }
+}
+
+/// Retained messages of several channels after a cursor, merged in cursor order.
+pub(crate) struct Merged {
+    /// The messages, in cursor order.
+    pub(crate) messages: Vec<Arc<Message>>,
+    /// Channels whose history could not cover the cursor.
+    pub(crate) gaps: Vec<ChannelName>,
+    /// Per requested channel (same order): the cursor up to which the merge covers it. After
+    /// a gap nothing is known about `since` (it may even be a cursor this broker never
+    /// issued), so only the retained messages bound it.
+    pub(crate) lasts: Vec<Cursor>,
+}
+
+/// Reads the history of `channels` after `since` (at most `per_channel` each) and merges it;
+/// with `total`, keeps the first `total` of the merge. The one place resumes and polls read
+/// history, so both get the same consistent cut.
+pub(crate) async fn read_merged(
+    edge: &EdgeInner,
+    channels: &[ChannelName],
+    since: Cursor,
+    per_channel: usize,
+    total: Option<usize>,
+) -> Result<Merged, BrokerError> {
+    let broker = &edge.broker;
+    // Channels are read one by one, so a message stored on an already-read channel while a
+    // later one is read could sort before messages returned here. Bounding the merge by the
+    // head read *before* the reads makes it a consistent cut: everything up to the bound is
+    // in the pages; anything after it comes live or with the next poll.
+    let bound = if channels.len() > 1 {
+        Some(broker.head().await?)
+    } else {
+        None
+    };
+    let query = HistoryQuery {
+        after: since,
+        limit: per_channel,
+    };
+    edge.metrics.history_reads.inc_by(channels.len() as u64);
+    let pages = join_all(channels.iter().map(|c| broker.history(c, query))).await;
+    let mut merged = Merged {
+        messages: Vec::new(),
+        gaps: Vec::new(),
+        lasts: Vec::with_capacity(channels.len()),
+    };
+    for (c, page) in channels.iter().zip(pages) {
+        let mut page = page?;
+        if page.gap {
+            merged.gaps.push(c.clone());
+        }
+        if let Some(bound) = bound {
+            page.messages.retain(|m| m.cursor <= bound);
+        }
+        let floor = if page.gap { Cursor::ZERO } else { since };
+        merged
+            .lasts
+            .push(page.messages.last().map_or(floor, |m| m.cursor));
+        merged.messages.extend(page.messages);
+    }
+    merged.messages.sort_by_key(|m| m.cursor);
+    if let Some(total) = total
+        && merged.messages.len() > total
+    {
+        // A prefix complete for every channel: the first `total` of the merge are the true
+        // first `total`, as each channel gave up to `per_channel >= total`.
+        merged.messages.truncate(total);
+        let cut = merged.messages.last().map_or(since, |m| m.cursor);
+        for last in &mut merged.lasts {
+            *last = (*last).min(cut);
+        }
+    }
+    Ok(merged)
 }
