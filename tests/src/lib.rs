@@ -566,6 +566,43 @@ impl WsClient {
         WsClient { ws }
     }
 
+    /// Connects to a full `ws://` URL with extra handshake `headers`; a refused handshake
+    /// gives its HTTP status and JSON body.
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, (u16, Value)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url
+            .into_client_request()
+            .unwrap_or_else(|e| panic!("WebSocket request {url}: {e}"));
+        for (k, v) in headers {
+            let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                .unwrap_or_else(|e| panic!("header name {k}: {e}"));
+            let value = tungstenite::http::HeaderValue::from_str(v)
+                .unwrap_or_else(|e| panic!("header value {v}: {e}"));
+            req.headers_mut().insert(name, value);
+        }
+        match within(
+            TIMEOUT,
+            "WebSocket handshake",
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        {
+            Ok((ws, _)) => Ok(WsClient { ws }),
+            Err(tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((resp.status().as_u16(), body))
+            }
+            Err(e) => panic!("WebSocket connect {url}: {e}"),
+        }
+    }
+
     /// Connects to `/ws` over a socket whose kernel receive buffer is set to about
     /// `recv_buffer` bytes before connecting, so a client that stops reading pushes back on
     /// the server quickly.

@@ -6,6 +6,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use herald_auth::{AuthError, Denied};
 use herald_core::{BrokerError, InvalidChannel, InvalidCursor};
 
 /// Why a client request was refused.
@@ -47,6 +48,15 @@ pub enum EdgeError {
     /// A request to `/ws` that is not a WebSocket upgrade.
     #[error("expected a WebSocket upgrade request: {0}")]
     NotWebSocket(String),
+    /// The client's token was refused.
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    /// The client may not read a channel.
+    #[error("{0}")]
+    Denied(#[from] Denied),
+    /// A browser WebSocket from an origin not on the allow-list.
+    #[error("origin {0:?} is not allowed to open WebSockets here")]
+    OriginForbidden(String),
 }
 
 impl EdgeError {
@@ -64,6 +74,9 @@ impl EdgeError {
             EdgeError::Broker(_) => "broker_unavailable",
             EdgeError::BadCommand(_) => "bad_command",
             EdgeError::NotWebSocket(_) => "not_websocket",
+            EdgeError::Unauthorized(e) => e.code(),
+            EdgeError::Denied(d) => d.code(),
+            EdgeError::OriginForbidden(_) => "origin_forbidden",
         }
     }
 
@@ -74,6 +87,11 @@ impl EdgeError {
             EdgeError::TooManyConnections => "too_many_connections",
             EdgeError::Draining => "draining",
             EdgeError::Broker(_) => "broker_unavailable",
+            EdgeError::Unauthorized(_) | EdgeError::Denied(Denied::TokenRequired(_)) => {
+                "unauthorized"
+            }
+            EdgeError::Denied(Denied::Forbidden(_)) => "forbidden",
+            EdgeError::OriginForbidden(_) => "origin_forbidden",
             _ => "invalid_request",
         }
     }
@@ -84,6 +102,12 @@ impl EdgeError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             EdgeError::NotWebSocket(_) => StatusCode::UPGRADE_REQUIRED,
+            EdgeError::Unauthorized(_) | EdgeError::Denied(Denied::TokenRequired(_)) => {
+                StatusCode::UNAUTHORIZED
+            }
+            EdgeError::Denied(Denied::Forbidden(_)) | EdgeError::OriginForbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -104,6 +128,12 @@ impl IntoResponse for EdgeError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"herald\""),
+            );
         }
         if let EdgeError::NotWebSocket(_) = self {
             resp.headers_mut()

@@ -6,8 +6,10 @@
 //! resume on any node.
 
 mod assets;
+mod auth;
 mod error;
 mod hub;
+mod limits;
 mod outbox;
 mod params;
 mod poll;
@@ -80,6 +82,14 @@ pub struct EdgeConfig {
     pub max_request_head: usize,
     /// Transports refused with 403 (`websocket`, `sse`, `longpoll`, `poll`).
     pub disabled_transports: Vec<String>,
+    /// Origins a browser WebSocket may come from; `*` allows any. Requests without an
+    /// `Origin` header (non-browser clients) are not checked.
+    pub ws_origins: Vec<String>,
+    /// New TCP connections per second one client IP may open (burst: twice that); 0 = no
+    /// limit.
+    pub connection_rate_per_ip: u32,
+    /// Who may read which channel: token verification and namespace rules.
+    pub policy: Arc<herald_auth::Policy>,
 }
 
 impl EdgeConfig {
@@ -137,6 +147,9 @@ impl Default for EdgeConfig {
             header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
             max_request_head: Self::DEFAULT_MAX_REQUEST_HEAD,
             disabled_transports: Vec::new(),
+            ws_origins: vec!["*".into()],
+            connection_rate_per_ip: 0,
+            policy: Arc::new(herald_auth::Policy::open()),
         }
     }
 }
@@ -238,7 +251,7 @@ impl Edge {
     /// requests (SSE streams, held polls) to finish. Upgraded WebSockets are not waited
     /// for here; [`Edge::drain`] closes them.
     pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
-        server::serve(listener, self.router(), stop, &self.inner.config).await;
+        server::serve(listener, self.router(), stop, &self.inner).await;
     }
 
     /// Starts draining: new held connections are refused, and every held connection is told
@@ -313,6 +326,7 @@ async fn ws_route(
     State(edge): State<Arc<EdgeInner>>,
     RawQuery(query): RawQuery,
     kill: Option<axum::Extension<ConnKill>>,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let result = (|| {
@@ -320,7 +334,10 @@ async fn ws_route(
         if edge.is_draining() {
             return Err(EdgeError::Draining);
         }
+        auth::check_origin(&edge, &headers)?;
         let initial = params::parse(query.as_deref(), edge.config.max_channels_per_connection)?;
+        let who = auth::authenticate(&edge, &headers, &initial)?;
+        auth::authorize(&edge, who.as_ref(), &initial.channels)?;
         let reg = edge
             .registry
             .register(
@@ -329,7 +346,7 @@ async fn ws_route(
                 ConnKill::token(kill),
             )
             .ok_or(EdgeError::TooManyConnections)?;
-        Ok(ws::upgrade(edge.clone(), upgrade, reg, initial))
+        Ok(ws::upgrade(edge.clone(), upgrade, reg, initial, who))
     })();
     result.unwrap_or_else(|e: EdgeError| {
         edge.metrics.refuse(e.refusal());
@@ -355,9 +372,10 @@ async fn poll_route(
     State(edge): State<Arc<EdgeInner>>,
     connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let ip = connect.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
-    poll::handle(edge.clone(), ip, query)
+    poll::handle(edge.clone(), ip, query, headers)
         .await
         .unwrap_or_else(|e| {
             edge.metrics.refuse(e.refusal());

@@ -14,6 +14,8 @@ pub(crate) struct ClientQuery {
     pub(crate) channels: Vec<ChannelName>,
     pub(crate) since: Option<Cursor>,
     pub(crate) wait: Option<u64>,
+    /// `token`: a client JWT (for clients that cannot set `Authorization`, like EventSource).
+    pub(crate) token: Option<String>,
 }
 
 /// Parses a raw query string. Unknown parameters are ignored (cache busters and the like);
@@ -40,6 +42,12 @@ pub(crate) fn parse(raw: Option<&str>, max_channels: usize) -> Result<ClientQuer
                     return Err(EdgeError::Repeated("since"));
                 }
                 q.since = Some(value.parse()?);
+            }
+            "token" => {
+                if q.token.is_some() {
+                    return Err(EdgeError::Repeated("token"));
+                }
+                q.token = Some(value.into_owned());
             }
             "wait" => {
                 if std::mem::replace(&mut wait_seen, true) {

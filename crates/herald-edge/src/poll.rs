@@ -161,6 +161,7 @@ pub(crate) async fn handle(
     edge: Arc<EdgeInner>,
     ip: Option<IpAddr>,
     raw_query: Option<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, EdgeError> {
     let q = params::parse(
         raw_query.as_deref(),
@@ -169,12 +170,22 @@ pub(crate) async fn handle(
     if q.channels.is_empty() {
         return Err(EdgeError::NoChannels);
     }
-    // A draining node answers at once, so held polls move to other nodes.
-    let wait = if edge.is_draining() {
+    let who = crate::auth::authenticate(&edge, &headers, &q)?;
+    crate::auth::authorize(&edge, who.as_ref(), &q.channels)?;
+    // A draining node answers at once, so held polls move to other nodes; a held poll ends
+    // by the time the client's token does.
+    let mut wait = if edge.is_draining() {
         0
     } else {
         q.wait.unwrap_or(0)
     };
+    if let Some(who) = &who {
+        let left = who
+            .expires_at
+            .saturating_add(edge.config.policy.leeway().as_secs())
+            .saturating_sub(herald_auth::now_secs());
+        wait = wait.min(left);
+    }
     let protocol = if q.wait.unwrap_or(0) > 0 {
         Protocol::LongPoll
     } else {

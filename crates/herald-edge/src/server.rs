@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use crate::EdgeConfig;
+use tokio::io::AsyncWriteExt;
+
+use crate::{EdgeInner, limits::ConnRate};
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -19,8 +21,10 @@ pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     stop: CancellationToken,
-    config: &EdgeConfig,
+    edge: &EdgeInner,
 ) {
+    let config = &edge.config;
+    let rate = ConnRate::new(config.connection_rate_per_ip);
     let tasks = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder
@@ -41,6 +45,22 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        if let Some(rate) = &rate
+            && !rate.admit(peer.ip())
+        {
+            edge.metrics.refuse("rate_limited");
+            tasks.spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    stream
+                        .write_all(crate::limits::RATE_LIMITED_RESPONSE)
+                        .await?;
+                    stream.shutdown().await
+                })
+                .await;
+            });
+            continue;
+        }
         let router = router.clone();
         let kill = CancellationToken::new();
         let conn_kill = crate::ConnKill(kill.clone());

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use futures_util::future::join_all;
-use herald_core::{BrokerError, ChannelName, Cursor, HistoryQuery, Message};
+use herald_core::{BrokerError, ChannelName, Cursor, HistoryQuery, Message, unix_micros};
 
 use crate::{EdgeError, EdgeInner, registry::Registration};
 
@@ -142,6 +142,11 @@ impl Session {
         }
     }
 
+    /// The subscribed channels.
+    pub(crate) fn channels(&self) -> Vec<ChannelName> {
+        self.channels.keys().cloned().collect()
+    }
+
     /// Whether `c` is subscribed.
     pub(crate) fn is_subscribed(&self, c: &ChannelName) -> bool {
         self.channels.contains_key(c)
@@ -201,6 +206,21 @@ pub(crate) async fn read_merged(
     };
     for (c, page) in channels.iter().zip(pages) {
         let mut page = page?;
+        // The namespace may offer less history than the broker keeps: older messages
+        // count as missed, and the client is told so with a gap.
+        let rule = edge.config.policy.rule(c);
+        if let Some(ttl) = rule.history_ttl {
+            let floor = unix_micros().saturating_sub(ttl.as_micros() as u64);
+            let before = page.messages.len();
+            page.messages.retain(|m| m.published_us >= floor);
+            page.gap |= page.messages.len() < before;
+        }
+        if let Some(size) = rule.history_size
+            && page.messages.len() > size
+        {
+            page.messages.drain(..page.messages.len() - size);
+            page.gap = true;
+        }
         if page.gap {
             merged.gaps.push(c.clone());
         }

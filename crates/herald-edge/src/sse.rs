@@ -31,6 +31,8 @@ struct Stream {
     batch: Vec<Item>,
     /// Set once the last chunk (reconnect, error) is queued.
     done: bool,
+    /// When the client's token runs out (the stream then ends with a `token_expired` error).
+    expires: Option<Instant>,
 }
 
 fn event(name: &str, id: Option<Cursor>, data: &serde_json::Value) -> Bytes {
@@ -59,6 +61,8 @@ pub(crate) async fn handle(
     if query.channels.is_empty() {
         return Err(EdgeError::NoChannels);
     }
+    let who = crate::auth::authenticate(&edge, &headers, &query)?;
+    crate::auth::authorize(&edge, who.as_ref(), &query.channels)?;
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().unwrap_or("\u{fffd}").trim();
         if !text.is_empty() {
@@ -87,6 +91,7 @@ pub(crate) async fn handle(
         pending,
         batch: Vec::new(),
         done: false,
+        expires: crate::auth::deadline(&edge, who.as_ref()),
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, next_chunk));
     let mut resp = body.into_response();
@@ -135,6 +140,13 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
             return None;
         }
         let outbox = st.session.reg.outbox.clone();
+        let expires = st.expires;
+        let expiry = async move {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = outbox.next_batch(&mut st.batch) => match r {
                 Ok(bytes) => {
@@ -155,6 +167,13 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
                     st.done = true;
                 }
             },
+            () = expiry => {
+                st.pending.push_back(event("error", None, &serde_json::json!({
+                    "code": "token_expired",
+                    "message": "token expired: reconnect with a fresh token and your last id"
+                })));
+                st.done = true;
+            }
             _ = st.heartbeat.tick() => st.pending.push_back(Bytes::from_static(b": heartbeat\n\n")),
         }
     }

@@ -1,15 +1,18 @@
 //! `GET /ws`: JSON text frames both ways.
 //!
 //! Client commands: `{"op":"subscribe","channels":[..],"since":"C"}`,
-//! `{"op":"unsubscribe","channels":[..]}`, `{"op":"ping"}`. Server frames carry `"type"`:
-//! `message`, `subscribed`, `unsubscribed`, `gap`, `pong`, `error`, `reconnect`. A malformed
-//! command gets an `error` frame and the connection stays open; oversized frames (1009),
-//! command floods (1008), slow consumption (1013) and draining (1012) close it.
+//! `{"op":"unsubscribe","channels":[..]}`, `{"op":"ping"}`, `{"op":"auth","token":"JWT"}`
+//! (also to refresh a token before it expires). Server frames carry `"type"`: `message`,
+//! `subscribed`, `unsubscribed`, `gap`, `pong`, `authenticated`, `error`, `reconnect`. A
+//! malformed or refused command gets an `error` frame and the connection stays open;
+//! oversized frames (1009), command floods (1008), slow consumption (1013), draining (1012)
+//! and an expired token (4001) close it.
 
 use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
+use herald_auth::{AuthError, Principal};
 use herald_core::{ChannelName, Cursor, Protocol, unix_micros};
 use herald_telemetry::CloseReason;
 use serde::Deserialize;
@@ -31,6 +34,8 @@ const CLOSE_SLOW: u16 = 1013;
 const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: abuse such as a command flood ("Policy Violation").
 const CLOSE_POLICY: u16 = 1008;
+/// Close code: the client's token expired without a refresh (application range).
+const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Commands a connection may send in a burst before the rate applies.
 const COMMAND_BURST: f64 = 200.0;
 /// Sustained commands per second per connection.
@@ -41,12 +46,14 @@ struct RawCommand {
     op: Option<String>,
     channels: Option<Vec<String>>,
     since: Option<String>,
+    token: Option<String>,
 }
 
 enum Command {
     Subscribe(Vec<ChannelName>, Option<Cursor>),
     Unsubscribe(Vec<ChannelName>),
     Ping,
+    Auth(String),
 }
 
 fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> {
@@ -76,12 +83,16 @@ fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> 
         }
         Some("unsubscribe") => Ok(Command::Unsubscribe(channels(raw)?)),
         Some("ping") => Ok(Command::Ping),
+        Some("auth" | "refresh") => match raw.token {
+            Some(t) if !t.is_empty() => Ok(Command::Auth(t)),
+            _ => Err(bad("\"token\" must be a non-empty string".into())),
+        },
         Some(other) => Err(bad(format!(
-            "unknown op {:?}: expected subscribe, unsubscribe or ping",
+            "unknown op {:?}: expected subscribe, unsubscribe, ping or auth",
             other.chars().take(32).collect::<String>()
         ))),
         None => Err(bad(
-            "missing \"op\": expected subscribe, unsubscribe or ping".into(),
+            "missing \"op\": expected subscribe, unsubscribe, ping or auth".into(),
         )),
     }
 }
@@ -129,15 +140,26 @@ impl Bucket {
     }
 }
 
+/// The connection's client and how long its grant lasts.
+struct Auth {
+    who: Option<Principal>,
+    deadline: Option<Instant>,
+}
+
 /// Serves one upgraded WebSocket until it closes.
 pub(crate) async fn run(
     edge: Arc<EdgeInner>,
     mut socket: WebSocket,
     reg: Registration,
     initial: ClientQuery,
+    who: Option<Principal>,
 ) {
     let mut session = Session::new(edge.clone(), reg);
-    let reason = serve(&edge, &mut socket, &mut session, initial).await;
+    let mut auth = Auth {
+        deadline: crate::auth::deadline(&edge, who.as_ref()),
+        who,
+    };
+    let reason = serve(&edge, &mut socket, &mut session, initial, &mut auth).await;
     session.reg.reason = reason;
 }
 
@@ -146,6 +168,7 @@ async fn serve(
     socket: &mut WebSocket,
     session: &mut Session,
     initial: ClientQuery,
+    auth: &mut Auth,
 ) -> CloseReason {
     if !initial.channels.is_empty()
         && subscribe(socket, session, &initial.channels, initial.since)
@@ -164,7 +187,20 @@ async fn serve(
     };
     let mut batch = Vec::new();
     loop {
+        let deadline = auth.deadline;
+        let expiry = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = expiry => {
+                let e = EdgeError::Unauthorized(AuthError::Expired);
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(error_frame(&e))).await;
+                close(socket, CLOSE_TOKEN_EXPIRED, "token expired").await;
+                return CloseReason::Normal;
+            }
             r = outbox.next_batch(&mut batch) => match r {
                 Ok(bytes) => {
                     edge.metrics.outbox_queued_bytes.observe(bytes as f64);
@@ -220,7 +256,7 @@ async fn serve(
                     edge.metrics.refuse("invalid_request");
                     return CloseReason::ProtocolError;
                 }
-                if command(edge, socket, session, &text).await.is_err() {
+                if command(edge, socket, session, auth, &text).await.is_err() {
                     return CloseReason::Normal;
                 }
             }
@@ -246,12 +282,21 @@ async fn command(
     edge: &Arc<EdgeInner>,
     socket: &mut WebSocket,
     session: &mut Session,
+    auth: &mut Auth,
     text: &str,
 ) -> Result<(), axum::Error> {
     match parse_command(text, edge.config.max_channels_per_connection) {
         Ok(Command::Subscribe(channels, since)) => {
+            if let Err(e) = crate::auth::authorize(edge, auth.who.as_ref(), &channels) {
+                edge.metrics.refuse(e.refusal());
+                let mut body = e.body();
+                body["type"] = "error".into();
+                body["channels"] = channels.iter().map(|c| c.as_str()).collect();
+                return socket.send(frame(body)).await;
+            }
             subscribe(socket, session, &channels, since).await
         }
+        Ok(Command::Auth(token)) => authenticate(edge, socket, session, auth, &token).await,
         Ok(Command::Unsubscribe(channels)) => {
             let removed = session.unsubscribe(&channels);
             let names: Vec<&str> = removed.iter().map(|c| c.as_str()).collect();
@@ -271,6 +316,66 @@ async fn command(
             socket.send(error_frame(&e)).await
         }
     }
+}
+
+/// `auth` / `refresh`: verifies the token, keeps the same user, drops subscriptions the new
+/// grant no longer covers, and moves the expiry.
+async fn authenticate(
+    edge: &Arc<EdgeInner>,
+    socket: &mut WebSocket,
+    session: &mut Session,
+    auth: &mut Auth,
+    token: &str,
+) -> Result<(), axum::Error> {
+    let verified = edge
+        .config
+        .policy
+        .authenticate(Some(token))
+        .and_then(|who| match (&auth.who, who) {
+            (Some(old), Some(new)) if old.user != new.user => Err(AuthError::OtherUser),
+            (_, who) => Ok(who),
+        });
+    let who = match verified {
+        Ok(who) => who,
+        Err(e) => {
+            let e = EdgeError::Unauthorized(e);
+            edge.metrics.refuse(e.refusal());
+            return socket.send(error_frame(&e)).await;
+        }
+    };
+    let Some(who) = who else {
+        // This node does not verify tokens: nothing changes.
+        return socket
+            .send(frame(
+                serde_json::json!({"type": "authenticated", "user": null,
+                "expires_at": null}),
+            ))
+            .await;
+    };
+    let revoked: Vec<ChannelName> = session
+        .channels()
+        .into_iter()
+        .filter(|c| edge.config.policy.authorize(Some(&who), c).is_err())
+        .collect();
+    auth.deadline = crate::auth::deadline(edge, Some(&who));
+    socket
+        .feed(frame(
+            serde_json::json!({"type": "authenticated", "user": who.user,
+            "expires_at": who.expires_at}),
+        ))
+        .await?;
+    auth.who = Some(who);
+    if !revoked.is_empty() {
+        session.unsubscribe(&revoked);
+        let names: Vec<&str> = revoked.iter().map(|c| c.as_str()).collect();
+        socket
+            .feed(frame(
+                serde_json::json!({"type": "unsubscribed", "channels": names,
+                "reason": "channel_forbidden"}),
+            ))
+            .await?;
+    }
+    socket.flush().await
 }
 
 async fn subscribe(
@@ -363,6 +468,7 @@ pub(crate) fn upgrade(
     upgrade: axum::extract::ws::WebSocketUpgrade,
     reg: Registration,
     initial: ClientQuery,
+    who: Option<Principal>,
 ) -> axum::response::Response {
     let c = &edge.config;
     upgrade
@@ -371,7 +477,7 @@ pub(crate) fn upgrade(
         .max_write_buffer_size(c.outbox_bytes.max(c.ws_write_buffer * 2))
         .max_message_size(c.max_client_frame)
         .max_frame_size(c.max_client_frame)
-        .on_upgrade(move |socket| run(edge, socket, reg, initial))
+        .on_upgrade(move |socket| run(edge, socket, reg, initial, who))
 }
 
 #[cfg(test)]

@@ -52,8 +52,12 @@ impl CloseReason {
 
 /// Requests refused by a limit or validation (the `reason` label of
 /// `herald_requests_refused_total`).
-pub const REFUSAL_REASONS: [&str; 6] = [
+pub const REFUSAL_REASONS: [&str; 10] = [
     "invalid_request",
+    "unauthorized",
+    "forbidden",
+    "origin_forbidden",
+    "rate_limited",
     "too_many_connections",
     "too_many_channels",
     "message_too_large",

@@ -1,7 +1,7 @@
 //! One typed configuration, assembled from flags, `HERALD_*` environment variables and an
 //! optional TOML file (in that order of precedence), validated before any port is bound.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -53,6 +53,19 @@ pub(crate) enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Rules of one channel namespace (`[namespaces.NAME]` in the config file).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct NamespaceSettings {
+    /// Clients without a token may subscribe [default: HERALD_ANONYMOUS].
+    pub(crate) anonymous: Option<bool>,
+    /// Most messages a client may resume over (at most HERALD_HISTORY_SIZE).
+    pub(crate) history_size: Option<usize>,
+    /// Oldest message a client may resume to, e.g. 1m (at most HERALD_HISTORY_TTL).
+    #[serde(with = "humantime_serde")]
+    pub(crate) history_ttl: Option<Duration>,
 }
 
 /// Every setting of `herald serve`, each optional so flags, env and file can be layered.
@@ -171,6 +184,43 @@ pub(crate) struct Settings {
     #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub(crate) heartbeat_interval: Option<Duration>,
+    /// Client-token HMAC secrets (HS256/384/512), comma-separated, each at least 32 bytes.
+    #[arg(long, env = "HERALD_AUTH_HMAC_SECRET", hide_env_values = true)]
+    pub(crate) auth_hmac_secret: Option<String>,
+    /// JWKS file with the public keys (RS*, PS*, ES256/384, EdDSA) client tokens are signed
+    /// with.
+    #[arg(long, env = "HERALD_AUTH_JWKS_FILE")]
+    pub(crate) auth_jwks_file: Option<PathBuf>,
+    /// Required `iss` of client tokens.
+    #[arg(long, env = "HERALD_AUTH_ISSUER")]
+    pub(crate) auth_issuer: Option<String>,
+    /// Required `aud` of client tokens.
+    #[arg(long, env = "HERALD_AUTH_AUDIENCE")]
+    pub(crate) auth_audience: Option<String>,
+    /// Clock skew allowed on token `exp` and `nbf` [default: 5s].
+    #[arg(long, env = "HERALD_AUTH_LEEWAY", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) auth_leeway: Option<Duration>,
+    /// Whether clients without a token may subscribe to channels whose namespace does not
+    /// say otherwise [default: true without token keys, false with them].
+    #[arg(long, env = "HERALD_ANONYMOUS")]
+    pub(crate) anonymous: Option<bool>,
+    /// Per-namespace rules (config file only: `[namespaces.chat]`).
+    #[arg(skip)]
+    pub(crate) namespaces: Option<HashMap<String, NamespaceSettings>>,
+    /// Origins allowed to open browser WebSockets, comma-separated; * for any [default: the
+    /// CORS origins].
+    #[arg(long, env = "HERALD_WS_ORIGINS")]
+    pub(crate) ws_origins: Option<String>,
+    /// New connections per second one client IP may open (burst twice that); 0 = no limit
+    /// [default: 0].
+    #[arg(long, env = "HERALD_CONNECTION_RATE_PER_IP")]
+    pub(crate) connection_rate_per_ip: Option<u32>,
+    /// Time a client has to send its request headers before it is disconnected
+    /// (slowloris guard) [default: 10s].
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) header_read_timeout: Option<Duration>,
     /// Log filter, RUST_LOG syntax [default: info].
     #[arg(long, env = "HERALD_LOG")]
     pub(crate) log: Option<String>,
@@ -201,7 +251,9 @@ impl Settings {
             history_size, history_ttl, max_message_bytes, outbox_bytes, max_connections,
             max_channels_per_connection, cors_origins, disabled_transports, sse_heartbeat, sse_retry,
             ws_ping_interval, drain_timeout, drain_rate, log, log_format, api_keys,
-            api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval);
+            api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval, auth_hmac_secret,
+            auth_jwks_file, auth_issuer, auth_audience, auth_leeway, anonymous, namespaces,
+            ws_origins, connection_rate_per_ip, header_read_timeout);
         Ok(self)
     }
 }
@@ -224,6 +276,82 @@ pub(crate) struct Config {
     pub(crate) grpc_tls: Option<TlsFiles>,
     pub(crate) log: String,
     pub(crate) log_format: LogFormat,
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect()
+}
+
+/// Builds the client-access policy: token keys, anonymous access, namespaces.
+fn policy(s: &Settings, history: &HistoryLimits) -> anyhow::Result<herald_auth::Policy> {
+    let secrets: Vec<Vec<u8>> = s
+        .auth_hmac_secret
+        .as_deref()
+        .map(split_list)
+        .unwrap_or_default()
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    let jwks = match &s.auth_jwks_file {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading HERALD_AUTH_JWKS_FILE {}: give a readable JWKS JSON file",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    let configured = !secrets.is_empty() || jwks.is_some();
+    let verifier = if configured {
+        let config = herald_auth::AuthConfig {
+            hmac_secrets: secrets,
+            jwks,
+            issuer: s.auth_issuer.clone(),
+            audience: s.auth_audience.clone(),
+            leeway: s.auth_leeway.unwrap_or(herald_auth::DEFAULT_LEEWAY),
+        };
+        Some(
+            herald_auth::Verifier::new(&config)
+                .context("client tokens (HERALD_AUTH_HMAC_SECRET / HERALD_AUTH_JWKS_FILE)")?,
+        )
+    } else {
+        if s.auth_issuer.is_some() || s.auth_audience.is_some() {
+            bail!(
+                "HERALD_AUTH_ISSUER / HERALD_AUTH_AUDIENCE need a key: set HERALD_AUTH_HMAC_SECRET or HERALD_AUTH_JWKS_FILE"
+            );
+        }
+        None
+    };
+    let anonymous = s.anonymous.unwrap_or(!configured);
+    let default = herald_auth::NamespaceRule {
+        anonymous,
+        ..Default::default()
+    };
+    let mut namespaces = HashMap::new();
+    for (name, ns) in s.namespaces.clone().unwrap_or_default() {
+        if ns.history_size.is_some_and(|n| n > history.max_messages) {
+            bail!(
+                "namespace {name:?}: history_size exceeds HERALD_HISTORY_SIZE ({}), which bounds every channel",
+                history.max_messages
+            );
+        }
+        if ns.history_ttl.is_some_and(|t| t > history.max_age) {
+            bail!(
+                "namespace {name:?}: history_ttl exceeds HERALD_HISTORY_TTL ({:?})",
+                history.max_age
+            );
+        }
+        let rule = herald_auth::NamespaceRule {
+            anonymous: ns.anonymous.unwrap_or(anonymous),
+            history_size: ns.history_size,
+            history_ttl: ns.history_ttl,
+        };
+        namespaces.insert(name, rule);
+    }
+    herald_auth::Policy::new(verifier, default, namespaces).map_err(anyhow::Error::from)
 }
 
 fn parse_addr(s: &str) -> SocketAddr {
@@ -309,6 +437,26 @@ impl Config {
             }
             edge.cors_origins = list;
         }
+        edge.ws_origins = match &s.ws_origins {
+            Some(origins) => {
+                let list = split_list(origins);
+                if list.is_empty() {
+                    bail!(
+                        "HERALD_WS_ORIGINS is empty: give origins like https://app.example.com, or *"
+                    );
+                }
+                list
+            }
+            None => edge.cors_origins.clone(),
+        };
+        edge.connection_rate_per_ip = s.connection_rate_per_ip.unwrap_or(0);
+        if let Some(t) = s.header_read_timeout {
+            if t < Duration::from_millis(100) || t > Duration::from_secs(300) {
+                bail!("HERALD_HEADER_READ_TIMEOUT must be 100ms to 5m, got {t:?}");
+            }
+            edge.header_read_timeout = t;
+        }
+        edge.policy = Arc::new(policy(&s, &history)?);
         if let Some(list) = &s.disabled_transports {
             for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 if !EdgeConfig::TRANSPORTS.contains(&t) {

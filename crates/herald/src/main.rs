@@ -1,5 +1,5 @@
 //! The `herald` binary: `herald serve` runs a node; the other subcommands drive one (publish,
-//! broadcast, history, channels, stats, subscribe, drain).
+//! broadcast, history, channels, stats, subscribe, drain, token).
 
 mod admin;
 mod cli;
@@ -39,6 +39,8 @@ enum Command {
     Drain(cli::query::DrainArgs),
     /// Subscribe over the HTTP port and print each message as one JSON line.
     Subscribe(cli::subscribe::SubscribeArgs),
+    /// Mint an HS256 client token (development): herald token --sub u1 --channel 'chat:*'.
+    Token(cli::token::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +65,7 @@ fn main() -> std::process::ExitCode {
             Command::Stats(a) => cli::query::stats(a).await,
             Command::Drain(a) => cli::query::drain(a).await,
             Command::Subscribe(a) => cli::subscribe::subscribe(a).await,
+            Command::Token(a) => cli::token::token(a),
         }
     });
     match result {

@@ -135,6 +135,15 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
             "gRPC API keys required"
         );
     }
+    let policy = &config.edge.policy;
+    tracing::info!(
+        verifies_tokens = policy.verifies_tokens(),
+        requires_tokens = policy.requires_tokens(),
+        ws_origins = ?config.edge.ws_origins,
+        cors_origins = ?config.edge.cors_origins,
+        connection_rate_per_ip = config.edge.connection_rate_per_ip,
+        "client access"
+    );
     let control = HeraldService::new(
         broker.clone(),
         cluster,

@@ -4,6 +4,7 @@
 pub(crate) mod publish;
 pub(crate) mod query;
 pub(crate) mod subscribe;
+pub(crate) mod token;
 
 use std::path::PathBuf;
 

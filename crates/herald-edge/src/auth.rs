@@ -1,0 +1,84 @@
+//! Client authorization at the edge: where tokens come from, origin checks, and when a
+//! connection's grant runs out. The rules themselves live in `herald_auth::Policy`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
+use herald_auth::{AuthError, Principal};
+use herald_core::ChannelName;
+use tokio::time::Instant;
+
+use crate::{EdgeError, EdgeInner, params::ClientQuery};
+
+/// The client's token: `Authorization: Bearer <token>`, else `?token=`.
+fn token<'a>(headers: &'a HeaderMap, query: &'a ClientQuery) -> Result<Option<&'a str>, EdgeError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let text = value.to_str().unwrap_or("");
+        let mut parts = text.splitn(2, ' ');
+        return match (parts.next(), parts.next()) {
+            (Some(scheme), Some(t))
+                if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() =>
+            {
+                Ok(Some(t.trim()))
+            }
+            _ => Err(AuthError::Malformed(
+                "the Authorization header must be `Bearer <token>`".into(),
+            )
+            .into()),
+        };
+    }
+    Ok(query.token.as_deref())
+}
+
+/// Verifies the request's token, if any.
+pub(crate) fn authenticate(
+    edge: &EdgeInner,
+    headers: &HeaderMap,
+    query: &ClientQuery,
+) -> Result<Option<Principal>, EdgeError> {
+    let token = token(headers, query)?;
+    Ok(edge.config.policy.authenticate(token)?)
+}
+
+/// Checks that `who` may read every one of `channels`.
+pub(crate) fn authorize(
+    edge: &EdgeInner,
+    who: Option<&Principal>,
+    channels: &[ChannelName],
+) -> Result<(), EdgeError> {
+    for c in channels {
+        edge.config.policy.authorize(who, c)?;
+    }
+    Ok(())
+}
+
+/// Refuses a browser WebSocket from an origin not on the allow-list.
+pub(crate) fn check_origin(edge: &EdgeInner, headers: &HeaderMap) -> Result<(), EdgeError> {
+    let allowed = &edge.config.ws_origins;
+    if allowed.iter().any(|o| o == "*") {
+        return Ok(());
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    if allowed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+        Ok(())
+    } else {
+        Err(EdgeError::OriginForbidden(
+            origin.chars().take(128).collect(),
+        ))
+    }
+}
+
+/// When `who`'s grant ends (its `exp` plus the allowed skew); `None` for anonymous clients.
+pub(crate) fn deadline(edge: &EdgeInner, who: Option<&Principal>) -> Option<Instant> {
+    let who = who?;
+    let now = herald_auth::now_secs();
+    let left = who
+        .expires_at
+        .saturating_add(edge.config.policy.leeway().as_secs())
+        .saturating_sub(now);
+    // Far-future expiries are capped so the timer arithmetic cannot overflow.
+    Some(Instant::now() + Duration::from_secs(left.min(10 * 365 * 24 * 3600)))
+}

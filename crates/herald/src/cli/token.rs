@@ -1,0 +1,54 @@
+//! `herald token`: mints an HS256 client token for development and tests.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+/// What the token grants and how it is signed.
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// Subject (user id), the `sub` claim.
+    #[arg(long)]
+    sub: String,
+    /// Channel pattern the token grants (`chat:*`, `user:{sub}`, `*`); repeat for several.
+    #[arg(long = "channel", required = true)]
+    channels: Vec<String>,
+    /// Lifetime, e.g. 15m, 1h.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// HMAC secret (the node's HERALD_AUTH_HMAC_SECRET; the first one if it lists several).
+    #[arg(long, env = "HERALD_AUTH_HMAC_SECRET", hide_env_values = true)]
+    secret: String,
+    /// `iss` claim.
+    #[arg(long, env = "HERALD_AUTH_ISSUER")]
+    issuer: Option<String>,
+    /// `aud` claim.
+    #[arg(long, env = "HERALD_AUTH_AUDIENCE")]
+    audience: Option<String>,
+}
+
+/// Prints the token on stdout.
+pub(crate) fn token(a: TokenArgs) -> anyhow::Result<()> {
+    let secret = a.secret.split(',').next().unwrap_or("").trim();
+    for p in &a.channels {
+        herald_auth::ChannelPattern::parse(p, &a.sub)?;
+    }
+    if a.ttl.is_zero() {
+        bail!("--ttl must be more than 0");
+    }
+    let now = herald_auth::now_secs();
+    let claims = herald_auth::MintClaims {
+        sub: a.sub,
+        channels: a.channels,
+        iat: now,
+        exp: now.saturating_add(a.ttl.as_secs().max(1)),
+        nbf: None,
+        iss: a.issuer,
+        aud: a.audience,
+    };
+    let token = herald_auth::mint_hs256(secret.as_bytes(), &claims)
+        .context("signing with --secret / HERALD_AUTH_HMAC_SECRET")?;
+    println!("{token}");
+    Ok(())
+}
