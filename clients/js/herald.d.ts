@@ -54,6 +54,12 @@ export interface Options {
   longPollWait?: number;
   /** Ms between interval polls [default: 2000]. */
   pollInterval?: number;
+  /**
+   * Client JWT, or a function returning one (or a promise of one). A function is called
+   * before every connect, and on WebSocket before the token's `exp` to refresh it in place.
+   * Sent as `?token=` (EventSource and browser WebSockets cannot set headers).
+   */
+  token?: string | (() => string | Promise<string>);
   onMessage?: (m: HeraldMessage) => void;
   onGap?: (g: GapEvent) => void;
   onState?: (s: StateEvent) => void;

@@ -13,6 +13,7 @@ const DEFAULTS = {
   connectTimeout: 8000, // ms a transport may take to be subscribed before it counts as failed
   longPollWait: 25, // s, `wait` of a long-poll
   pollInterval: 2000, // ms between interval polls
+  token: undefined, // JWT, or a function returning one (or a promise): called before each connect
 };
 
 // Cursors are opaque but totally ordered; today they are decimal integers.
@@ -99,6 +100,7 @@ export class Subscription extends EventTarget {
 
   _query(extra = {}) {
     const q = new URLSearchParams();
+    if (this._token) q.set("token", this._token);
     for (const c of this.channels) q.append("channel", c);
     if (this.cursor !== undefined && this.cursor !== null) q.set("since", this.cursor);
     for (const [k, v] of Object.entries(extra)) q.set(k, v);
@@ -112,9 +114,19 @@ export class Subscription extends EventTarget {
     return u.toString();
   }
 
-  _connect() {
+  async _connect() {
     if (this.state === "closed") return;
     const gen = ++this._gen;
+    const t = this.options.token;
+    if (typeof t === "function") {
+      try {
+        this._token = await t();
+      } catch (e) {
+        this._emit("error", { code: "token_unavailable", message: String(e) });
+        return gen === this._gen && this._ended("fail");
+      }
+      if (gen !== this._gen) return;
+    } else this._token = t;
     this.transport = this.options.transports[this._ti];
     this.url = this.urls[this._ui];
     this._connected = false;
@@ -215,12 +227,28 @@ const OPEN = {
       else if (f.type === "reconnect") end("drain");
       else if (f.type === "error") h.error(f);
     };
-    ws.onclose = (e) => end(e.code === 1012 ? "drain" : e.code === 1013 ? "slow" : "fail");
+    // 4001: the token expired; reconnecting at once fetches a fresh one.
+    ws.onclose = (e) => end(e.code === 1012 ? "drain" : e.code === 1013 || e.code === 4001 ? "slow" : "fail");
+    // With a token function, refresh at 80% of each token's life without reconnecting.
+    let refresh;
+    const plan = (token) => {
+      const exp = expOf(token);
+      if (exp && typeof sub.options.token === "function")
+        refresh = setTimeout(async () => {
+          try {
+            const next = await sub.options.token();
+            if (h.live() && ws.readyState === 1) ws.send(JSON.stringify({ op: "refresh", token: next }));
+            plan(next);
+          } catch {} // the server closes with 4001 at expiry and we reconnect then
+        }, Math.max(1000, (exp * 1000 - Date.now()) * 0.8));
+    };
+    plan(sub._token);
     ws.onerror = () => {};
     return {
       send: (cmd) => ws.readyState === 1 && ws.send(JSON.stringify(cmd)),
       close: () => {
         ended = true;
+        clearTimeout(refresh);
         ws.onclose = ws.onmessage = null;
         ws.close();
       },
@@ -244,7 +272,7 @@ const OPEN = {
       if (e.data) {
         const d = data(e);
         h.error(d);
-        return h.end(d.code === "slow_consumer" ? "slow" : "fail");
+        return h.end(d.code === "slow_consumer" || d.code === "token_expired" ? "slow" : "fail");
       }
       h.end("fail"); // network error or refused: we reconnect ourselves, with our cursor
     });
@@ -254,6 +282,15 @@ const OPEN = {
   longpoll: (sub, h) => poll(sub, h, true),
   poll: (sub, h) => poll(sub, h, false),
 };
+
+// The `exp` claim of a JWT (seconds), or undefined.
+function expOf(token) {
+  try {
+    return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp;
+  } catch {
+    return undefined;
+  }
+}
 
 function poll(sub, h, long) {
   const ctl = new AbortController();
@@ -269,6 +306,7 @@ function poll(sub, h, long) {
         if (!res.ok) {
           const body = await res.json().catch(() => ({}));
           h.error({ status: res.status, ...(body.error || {}) });
+          if (body.error && body.error.code === "token_expired") return h.end("slow");
           throw new Error(`HTTP ${res.status}`);
         }
         reply = await res.json();

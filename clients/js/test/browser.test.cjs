@@ -171,6 +171,21 @@ const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, 
     startNode("no-ws-sse", { ...onNats, HERALD_DISABLED_TRANSPORTS: "websocket,sse" }),
     startNode("gap", { HERALD_BROKER: "memory", HERALD_HISTORY_SIZE: "3" }),
   ]);
+  const SECRET = "browser-test-secret-0123456789abcdef";
+  const authNode = await startNode("auth", {
+    HERALD_BROKER: "memory",
+    HERALD_AUTH_HMAC_SECRET: SECRET,
+    HERALD_AUTH_LEEWAY: "0s",
+  });
+  // Mints a token the way an app backend would (here: `herald token`).
+  const mint = (channel, ttl) => {
+    const r = spawnSync(BIN, ["token", "--sub", "browser", "--channel", channel, "--ttl", ttl], {
+      env: { ...process.env, HERALD_AUTH_HMAC_SECRET: SECRET },
+      encoding: "utf8",
+    });
+    if (r.status !== 0) throw new Error(`herald token: ${r.stderr}`);
+    return r.stdout.trim();
+  };
   console.log(`nats ${nats}; nodes ${[a, b, noWs, noWsSse, gapNode].map((n) => n.url).join(" ")}`);
 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "chromium-profile-"));
@@ -322,6 +337,62 @@ const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, 
       expectSeq(d.messages, 0, 3, `add/remove on ${t}`);
     });
   }
+
+  // Client auth: a token function is called before every connect; short-lived tokens are
+  // refreshed (WebSocket: in place; others: reconnect with the cursor) and nothing is lost.
+  for (const t of ["websocket", "sse", "longpoll", "poll"]) {
+    await test(`token on ${t}: 3 s tokens expire mid-stream, are renewed, every message arrives`, async () => {
+      const ch = `private:${t}`;
+      const page = await openDemo(authNode, { channel: "public-none", transports: "poll", poll: 5000 });
+      let calls = 0;
+      await page.exposeFunction("mintToken", () => (calls++, mint(ch, "3s")));
+      await page.evaluate(async ([ch, t]) => {
+        const { subscribe } = await import("/herald.js");
+        window.auth = { msgs: [], errors: [], states: [] };
+        window.auth.sub = subscribe("", [ch], {
+          transports: [t],
+          pollInterval: 300,
+          token: () => window.mintToken(),
+          onState: (s) => window.auth.states.push(s.state),
+          onMessage: (m) => window.auth.msgs.push(m.data.n),
+          onError: (e) => window.auth.errors.push(e.code),
+        });
+      }, [ch, t]);
+      await page.waitForFunction(() => window.auth.sub.state === "connected", null, { timeout: 15000 });
+      publish(authNode, ch, seq(0, 5));
+      await sleep(4500); // past the first token's exp
+      publish(authNode, ch, seq(5, 10));
+      await page.waitForFunction(() => window.auth.msgs.length >= 10, null, { timeout: 15000 }).catch(async () => {
+        throw new Error(`got ${JSON.stringify(await page.evaluate(() => window.auth))}`);
+      });
+      await sleep(500);
+      const got = await page.evaluate(() => window.auth.msgs);
+      if (JSON.stringify(got) !== JSON.stringify([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]))
+        throw new Error(`${t}: got ${JSON.stringify(got)}`);
+      if (calls < 2) throw new Error(`${t}: token function called ${calls} time(s); expected a renewal`);
+      const states = await page.evaluate(() => window.auth.states);
+      if (t === "websocket" && states.includes("reconnecting"))
+        throw new Error(`websocket reconnected instead of refreshing in place: ${JSON.stringify(states)}`);
+      console.log(`     ${t}: ${calls} tokens minted`);
+    });
+  }
+
+  await test("no token: refused with token_required, never connected", async () => {
+    const page = await openDemo(authNode, { channel: "public-none", transports: "poll", poll: 5000 });
+    await page.evaluate(async () => {
+      const { subscribe } = await import("/herald.js");
+      window.auth = { errors: [], states: [] };
+      window.auth.sub = subscribe("", ["private:x"], {
+        transports: ["sse", "longpoll"],
+        onError: (e) => window.auth.errors.push(e.code),
+        onState: (s) => window.auth.states.push(s.state),
+      });
+    });
+    await page.waitForFunction(() => window.auth.errors.includes("token_required"), null, { timeout: 15000 });
+    const a = await page.evaluate(() => window.auth);
+    if (a.states.includes("connected")) throw new Error(`connected without a token: ${JSON.stringify(a)}`);
+    await page.evaluate(() => window.auth.sub.close());
+  });
 
   await test("screenshot of the demo page", async () => {
     const page = await openDemo(a, { channel: "demo,news" });

@@ -16,3 +16,10 @@ sub.remove(["news"]);
 const c: string | undefined = sub.cursor;
 console.log(c, herald.TRANSPORTS);
 sub.close();
+
+// Client auth: a static token, or a function fetching one from the app's backend.
+subscribe("", ["chat:1"], { token: "eyJ..." });
+subscribe("", ["chat:1"], {
+  token: async () => (await fetch("/api/herald-token")).text(),
+  onError: (e) => console.warn(e.code),
+});
