@@ -712,4 +712,109 @@ mod tests {
                 .is_open()
         );
     }
+
+    #[test]
+    fn client_auth_settings() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert!(!c.edge.policy.verifies_tokens() && !c.edge.policy.requires_tokens());
+        let s = Settings {
+            auth_hmac_secret: Some("0123456789abcdef0123456789abcdef".into()),
+            cors_origins: Some("https://a.example".into()),
+            ..Default::default()
+        };
+        let c = Config::from_settings(s).unwrap();
+        assert!(c.edge.policy.verifies_tokens());
+        assert!(
+            c.edge.policy.requires_tokens(),
+            "keys make tokens required by default"
+        );
+        assert_eq!(
+            c.edge.ws_origins,
+            ["https://a.example"],
+            "WS origins follow CORS"
+        );
+
+        let err = |s: Settings| Config::from_settings(s).unwrap_err();
+        let e = format!(
+            "{:#}",
+            err(Settings {
+                auth_hmac_secret: Some("short".into()),
+                ..Default::default()
+            })
+        );
+        assert!(
+            e.contains("HERALD_AUTH_HMAC_SECRET") && e.contains("32"),
+            "{e}"
+        );
+        let e = err(Settings {
+            auth_issuer: Some("https://iss".into()),
+            ..Default::default()
+        })
+        .to_string();
+        assert!(e.contains("HERALD_AUTH_ISSUER"), "{e}");
+        let e = err(Settings {
+            anonymous: Some(false),
+            ..Default::default()
+        })
+        .to_string();
+        assert!(e.contains("requires a token but no key"), "{e}");
+        let ns = |rule: NamespaceSettings| Some(HashMap::from([("chat".to_owned(), rule)]));
+        let e = err(Settings {
+            history_size: Some(10),
+            namespaces: ns(NamespaceSettings {
+                history_size: Some(11),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .to_string();
+        assert!(e.contains("HERALD_HISTORY_SIZE"), "{e}");
+        let e = err(Settings {
+            namespaces: ns(NamespaceSettings {
+                anonymous: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .to_string();
+        assert!(e.contains("namespace \"chat\""), "{e}");
+        let e = err(Settings {
+            ws_origins: Some(" , ".into()),
+            ..Default::default()
+        })
+        .to_string();
+        assert!(e.contains("HERALD_WS_ORIGINS"), "{e}");
+    }
+
+    #[test]
+    fn namespaces_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "auth_hmac_secret = \"0123456789abcdef0123456789abcdef\"\n[namespaces.public]\nanonymous = true\n[namespaces.chat]\nhistory_size = 5\nhistory_ttl = \"30s\"\n",
+        )
+        .unwrap();
+        let s = Settings {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = Config::from_settings(s.with_file().unwrap()).unwrap();
+        let p = &c.edge.policy;
+        let ch = |n: &str| herald_core::ChannelName::new(n).unwrap();
+        assert!(p.rule(&ch("public:x")).anonymous);
+        assert!(!p.rule(&ch("chat:x")).anonymous);
+        assert_eq!(p.rule(&ch("chat:x")).history_size, Some(5));
+        assert_eq!(
+            p.rule(&ch("chat:x")).history_ttl,
+            Some(Duration::from_secs(30))
+        );
+        std::fs::write(&path, "[namespaces.chat]\nhistory_sise = 5\n").unwrap();
+        let s = Settings {
+            config: Some(path),
+            ..Default::default()
+        };
+        let e = format!("{:#}", s.with_file().unwrap_err());
+        assert!(e.contains("history_sise"), "{e}");
+    }
 }
