@@ -662,6 +662,23 @@ async fn abuse_stays_bounded_and_others_are_served() {
         "slow connections still open after the header timeout"
     );
     assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        metric_value(
+            &node,
+            "herald_requests_refused_total{reason=\"header_timeout\"}"
+        )
+        .await
+            >= 200.0
+    );
+    assert!(
+        metric_value(
+            &node,
+            "herald_requests_refused_total{reason=\"request_head_too_large\"}"
+        )
+        .await
+            >= 3.0,
+        "the 10,000-channel URLs and the giant header"
+    );
 
     // A flood of new connections from one address: past the burst it gets 429 JSON; another
     // address is unaffected.

@@ -74,6 +74,7 @@ pub(crate) async fn serve(
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = stop.clone();
+        let metrics = edge.metrics.clone();
         tasks.spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -88,6 +89,11 @@ pub(crate) async fn serve(
                 }
             };
             if let Err(error) = result {
+                if error.is_timeout() {
+                    metrics.refuse("header_timeout");
+                } else if error.is_parse_too_large() {
+                    metrics.refuse("request_head_too_large");
+                }
                 tracing::debug!(%error, "http connection ended with an error");
             }
         });

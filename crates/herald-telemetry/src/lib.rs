@@ -52,8 +52,10 @@ impl CloseReason {
 
 /// Requests refused by a limit or validation (the `reason` label of
 /// `herald_requests_refused_total`).
-pub const REFUSAL_REASONS: [&str; 10] = [
+pub const REFUSAL_REASONS: [&str; 12] = [
     "invalid_request",
+    "header_timeout",
+    "request_head_too_large",
     "unauthorized",
     "forbidden",
     "origin_forbidden",
