@@ -13,6 +13,7 @@ mod limits;
 mod outbox;
 mod params;
 mod poll;
+mod rawsse;
 mod registry;
 mod server;
 mod session;

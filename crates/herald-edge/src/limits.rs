@@ -1,18 +1,51 @@
 //! Per-IP connection rate: a token bucket per client address, checked at accept time so a
 //! flood from one address is turned away before any request is parsed.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
+use http::StatusCode;
 use parking_lot::Mutex;
-use tokio::time::Instant;
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    time::Instant,
+};
 
 /// Most addresses tracked; past it, buckets that have refilled are forgotten first.
 const MAX_TRACKED: usize = 65_536;
 
-/// The answer written to a refused connection (it is then closed).
-pub(crate) const RATE_LIMITED_RESPONSE: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
-content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 101\r\n\r\n\
-{\"error\":{\"code\":\"rate_limited\",\"message\":\"too many new connections from your address; retry later\"}}";
+/// The HTTP answer to a connection refused before a request reached the router: a JSON
+/// error, `Connection: close`.
+fn refusal(status: StatusCode, code: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let retry = if status == StatusCode::TOO_MANY_REQUESTS {
+        "retry-after: 1\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Writes [`refusal`] (bounded to one second) and closes the write side.
+pub(crate) async fn write_refusal(
+    stream: &mut (impl AsyncWrite + Unpin),
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    let bytes = refusal(status, code, message);
+    tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await
+    .unwrap_or(Ok(()))
+}
 
 struct Bucket {
     tokens: f64,
@@ -67,11 +100,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn canned_response_length_is_right() {
-        let text = std::str::from_utf8(RATE_LIMITED_RESPONSE).unwrap();
-        let (_, body) = text.split_once("\r\n\r\n").unwrap();
-        assert_eq!(body.len(), 101);
-        serde_json::from_str::<serde_json::Value>(body).unwrap();
+    fn refusals_are_well_formed_http() {
+        let bytes = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("retry-after: 1\r\n"));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "rate_limited");
     }
 
     #[tokio::test(start_paused = true)]

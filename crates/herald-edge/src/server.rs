@@ -10,9 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use tokio::io::AsyncWriteExt;
-
-use crate::{EdgeInner, limits::ConnRate};
+use crate::{EdgeInner, limits::ConnRate, rawsse};
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -51,31 +49,49 @@ pub(crate) async fn serve(
             edge.metrics.refuse("rate_limited");
             tasks.spawn(async move {
                 let mut stream = stream;
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    stream
-                        .write_all(crate::limits::RATE_LIMITED_RESPONSE)
-                        .await?;
-                    stream.shutdown().await
-                })
+                let _ = crate::limits::write_refusal(
+                    &mut stream,
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many new connections from your address; retry later",
+                )
                 .await;
             });
             continue;
         }
         let router = router.clone();
-        let kill = CancellationToken::new();
-        let conn_kill = crate::ConnKill(kill.clone());
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(conn_kill.clone());
-            let router = router.clone();
-            async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
         let stop = stop.clone();
         let metrics = edge.metrics.clone();
+        let builder = builder.clone();
+        let (max_head, head_timeout) = (config.max_request_head, config.header_read_timeout);
         tasks.spawn(async move {
+            let kill = CancellationToken::new();
+            let deadline = tokio::time::Instant::now() + head_timeout;
+            match rawsse::sniff(&stream, deadline).await {
+                rawsse::Sniff::Sse => {
+                    rawsse::serve(stream, peer, router, kill, max_head, deadline, &metrics).await;
+                    return;
+                }
+                rawsse::Sniff::Gone => {
+                    if tokio::time::Instant::now() >= deadline {
+                        metrics.refuse("header_timeout");
+                    }
+                    return;
+                }
+                rawsse::Sniff::Other => {}
+            }
+            let conn_kill = crate::ConnKill(kill.clone());
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(conn_kill.clone());
+                let router = router.clone();
+                async move {
+                    Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {}))
+                }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
