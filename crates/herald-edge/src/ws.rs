@@ -171,7 +171,7 @@ async fn serve(
     auth: &mut Auth,
 ) -> CloseReason {
     if !initial.channels.is_empty()
-        && subscribe(socket, session, &initial.channels, initial.since)
+        && Box::pin(subscribe(socket, session, &initial.channels, initial.since))
             .await
             .is_err()
     {
@@ -256,7 +256,9 @@ async fn serve(
                     edge.metrics.refuse("invalid_request");
                     return CloseReason::ProtocolError;
                 }
-                if command(edge, socket, session, auth, &text).await.is_err() {
+                // Boxed: commands are rare, and their futures (resume reads, token checks) would
+                // otherwise stay in every idle connection's state.
+                if Box::pin(command(edge, socket, session, auth, &text)).await.is_err() {
                     return CloseReason::Normal;
                 }
             }
