@@ -716,3 +716,72 @@ async fn abuse_stays_bounded_and_others_are_served() {
         f64::from(limited)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_heads_are_checked_like_any_other_request() {
+    let node = Node::start(&[]).await;
+    let ch = channel("raw");
+    // HTTP/1.0 clients get an unframed stream (no chunked encoding), closed by the server.
+    let answer = raw_exchange(
+        &node,
+        "127.0.0.1",
+        format!("GET /sse?channel={ch} HTTP/1.0\r\n\r\n").as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("transfer-encoding"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\n\r\nretry: 2000\n"), "{answer}");
+    // HTTP/1.1 streams are chunked.
+    let answer = raw_exchange(
+        &node,
+        "127.0.0.1",
+        format!("GET /sse?channel={ch} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.contains("transfer-encoding: chunked\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("event: subscribed"), "{answer}");
+    // A body on the GET, a malformed head, an oversized head: JSON errors, then close.
+    for (request, status, code) in [
+        (
+            format!("GET /sse?channel={ch} HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            format!("GET /sse?channel={ch} HTTP/1.1\r\nbad header line\r\n\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            format!(
+                "GET /sse?channel={ch} HTTP/1.1\r\nx-big: {}\r\n\r\n",
+                "a".repeat(20 << 10)
+            ),
+            "431",
+            "request_head_too_large",
+        ),
+        (
+            format!("GET /sse?channel=a%20b HTTP/1.1\r\nhost: x\r\n\r\n"),
+            "400",
+            "invalid_channel",
+        ),
+    ] {
+        let answer = raw_exchange(&node, "127.0.0.1", request.as_bytes(), TIMEOUT).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request:.80}: {answer}"
+        );
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert_eq!(v["error"]["code"], code, "{answer}");
+    }
+}
