@@ -770,7 +770,7 @@ async fn sse_heads_are_checked_like_any_other_request() {
             "request_head_too_large",
         ),
         (
-            format!("GET /sse?channel=a%20b HTTP/1.1\r\nhost: x\r\n\r\n"),
+            "GET /sse?channel=a%20b HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(),
             "400",
             "invalid_channel",
         ),
