@@ -171,7 +171,7 @@ async fn auth_node(extra: &[(&str, &str)]) -> (Node, tempfile::TempDir) {
     let cfg = dir.path().join("herald.toml");
     std::fs::write(
         &cfg,
-        "[namespaces.public]\nanonymous = true\n\n[namespaces.short]\nanonymous = true\nhistory_size = 2\n",
+        "[namespaces.public]\nanonymous = true\n\n[namespaces.short]\nanonymous = true\nhistory_size = 2\n\n[namespaces.brief]\nanonymous = true\nhistory_ttl = \"1s\"\n",
     )
     .expect("writing the config file");
     let jwks = testdata("jwks.json");
@@ -477,6 +477,22 @@ async fn namespaces_bound_history_and_origins_are_checked() {
     ws.expect_type("subscribed").await;
     assert_eq!(ws.expect_type("gap").await["channel"], short.as_str());
     assert_eq!(ws.next_msg().await.data, json!({"n": 3}));
+
+    // history_ttl = 1s in the "brief" namespace: after 1.5 s a resume is a gap with nothing
+    // retained, while a fresh message is still served.
+    let brief = channel("brief:feed");
+    let (_, start) = poll(&node, &format!("channel={}", encode(&brief))).await;
+    let since = poll_cursor(&start);
+    p.publish(&brief, &json!({"old": true})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, body) = poll(&node, &format!("channel={}&since={since}", encode(&brief))).await;
+    assert_eq!(body["gaps"], json!([brief]), "{body}");
+    assert!(poll_msgs(&body).is_empty(), "{body}");
+    let next = poll_cursor(&body);
+    p.publish(&brief, &json!({"new": true})).await;
+    let (_, body) = poll(&node, &format!("channel={}&since={next}", encode(&brief))).await;
+    assert_eq!(body["gaps"], json!([]), "{body}");
+    assert_eq!(poll_msgs(&body)[0].data, json!({"new": true}));
 
     // WebSocket origins: foreign browsers are refused; the app and non-browser clients pass.
     let url = format!("{}?channel={}", node.ws_url(), encode(&short));
