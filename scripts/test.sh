@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite on a Debian/Ubuntu machine, installing what it needs first
-# (Rust via rustup, nats-server from Debian) when missing. Safe to run again: installed pieces
+# (Rust via rustup, nats-server, prometheus, npm, chromium from Debian, cargo-fuzz from
+# crates.io) when missing. Safe to run again: installed pieces
 # are detected and skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +49,6 @@ cargo test --workspace --locked
 scripts/check-observability.sh
 scripts/check-helm.sh
 scripts/check-browser.sh
+log "fuzzing: every untrusted-input parser for FUZZ_SECONDS (default 30) each"
+scripts/check-fuzz.sh
 log "all checks passed"

@@ -35,7 +35,7 @@ impl Payload {
                 limit,
             });
         }
-        serde_json::from_slice::<serde::de::IgnoredAny>(&raw)
+        serde_json::from_slice::<Checked>(&raw)
             .map_err(|e| InvalidPayload::NotJson(e.to_string()))?;
         Ok(Self(compact(raw)))
     }
@@ -44,7 +44,7 @@ impl Payload {
     ///
     /// Brokers call this for data they read back; it still re-validates in debug builds.
     pub fn from_trusted(raw: Bytes) -> Self {
-        debug_assert!(serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok());
+        debug_assert!(serde_json::from_slice::<Checked>(&raw).is_ok());
         Self(raw)
     }
 
@@ -72,6 +72,57 @@ impl Payload {
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Payload({})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// A JSON value read in full but kept nowhere. Unlike `serde::de::IgnoredAny` (which only
+/// checks the grammar), numbers must fit an `f64` and strings must decode to Unicode, so no
+/// client can be handed a value it cannot represent (`1e400`, a lone surrogate `"\ud800"`).
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Checked)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Checked {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Checked, E> {
+        if v.is_finite() {
+            Ok(Checked)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_key::<Checked>()?.is_some() {
+            map.next_value::<Checked>()?;
+        }
+        Ok(Checked)
     }
 }
 
@@ -153,6 +204,18 @@ mod tests {
             Payload::from_json(&b"{} {}"[..], 100),
             Err(InvalidPayload::NotJson(_))
         ));
+        // Found by the channel_payload fuzz target: grammatical JSON that clients cannot
+        // represent was accepted.
+        for bad in [&b"1e400"[..], b"[-1e309]", br#""\ud800""#, br#"{"a":"\udc00x"}"#] {
+            assert!(
+                matches!(Payload::from_json(bad, 100), Err(InvalidPayload::NotJson(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [&b"1e308"[..], b"-0.0", br#""\ud83d\ude00""#, b"18446744073709551615"] {
+            assert!(Payload::from_json(good, 100).is_ok(), "{}", String::from_utf8_lossy(good));
+        }
         assert_eq!(
             Payload::from_json(&b"\"12345\""[..], 5),
             Err(InvalidPayload::TooLarge { size: 7, limit: 5 })

@@ -43,6 +43,30 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::EdgeError;
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers that see
+/// untrusted client input, each checked for the properties its callers rely on.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a WebSocket command with a limit of `max` channels; panics if an accepted
+    /// command breaks the limit or holds an invalid name.
+    pub fn ws_command(text: &str, max: usize) {
+        crate::ws::fuzz_command(text, max);
+    }
+
+    /// Parses a `/sse` or `/poll` query string with a limit of `max` channels; panics if an
+    /// accepted query breaks a documented bound.
+    pub fn client_query(raw: &str, max: usize) {
+        if let Ok(q) = crate::params::parse(Some(raw), max) {
+            assert!(q.channels.len() <= max, "channel limit broken");
+            for (i, c) in q.channels.iter().enumerate() {
+                assert!(!q.channels[..i].contains(c), "duplicate channel {c}");
+                assert!(herald_core::ChannelName::validate(c.as_str()).is_ok());
+            }
+            assert!(q.wait.is_none_or(|w| w <= crate::MAX_WAIT_SECS));
+        }
+    }
+}
 pub use params::MAX_WAIT_SECS;
 
 /// Settings of the edge. Every field has a named default constant.

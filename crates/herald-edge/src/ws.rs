@@ -97,6 +97,20 @@ fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> 
     }
 }
 
+/// [`parse_command`] with the properties callers rely on asserted (for the fuzz targets).
+pub(crate) fn fuzz_command(text: &str, max: usize) {
+    match parse_command(text, max) {
+        Ok(Command::Subscribe(channels, _)) | Ok(Command::Unsubscribe(channels)) => {
+            assert!(!channels.is_empty() && channels.len() <= max, "channel bound broken");
+            for c in &channels {
+                assert!(ChannelName::validate(c.as_str()).is_ok());
+            }
+        }
+        Ok(Command::Auth(token)) => assert!(!token.is_empty()),
+        Ok(Command::Ping) | Err(_) => {}
+    }
+}
+
 fn frame(v: serde_json::Value) -> WsMessage {
     WsMessage::Text(Utf8Bytes::from(v.to_string()))
 }
