@@ -206,15 +206,32 @@ mod tests {
         ));
         // Found by the channel_payload fuzz target: grammatical JSON that clients cannot
         // represent was accepted.
-        for bad in [&b"1e400"[..], b"[-1e309]", br#""\ud800""#, br#"{"a":"\udc00x"}"#] {
+        for bad in [
+            &b"1e400"[..],
+            b"[-1e309]",
+            br#""\ud800""#,
+            br#"{"a":"\udc00x"}"#,
+        ] {
             assert!(
-                matches!(Payload::from_json(bad, 100), Err(InvalidPayload::NotJson(_))),
+                matches!(
+                    Payload::from_json(bad, 100),
+                    Err(InvalidPayload::NotJson(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
         }
-        for good in [&b"1e308"[..], b"-0.0", br#""\ud83d\ude00""#, b"18446744073709551615"] {
-            assert!(Payload::from_json(good, 100).is_ok(), "{}", String::from_utf8_lossy(good));
+        for good in [
+            &b"1e308"[..],
+            b"-0.0",
+            br#""\ud83d\ude00""#,
+            b"18446744073709551615",
+        ] {
+            assert!(
+                Payload::from_json(good, 100).is_ok(),
+                "{}",
+                String::from_utf8_lossy(good)
+            );
         }
         assert_eq!(
             Payload::from_json(&b"\"12345\""[..], 5),

@@ -101,7 +101,10 @@ fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> 
 pub(crate) fn fuzz_command(text: &str, max: usize) {
     match parse_command(text, max) {
         Ok(Command::Subscribe(channels, _)) | Ok(Command::Unsubscribe(channels)) => {
-            assert!(!channels.is_empty() && channels.len() <= max, "channel bound broken");
+            assert!(
+                !channels.is_empty() && channels.len() <= max,
+                "channel bound broken"
+            );
             for c in &channels {
                 assert!(ChannelName::validate(c.as_str()).is_ok());
             }
