@@ -6,7 +6,11 @@
 //!   rate with a timestamp and sequence in every payload, and reports deliveries per second,
 //!   latency percentiles, lost and duplicated messages, and server CPU per delivery.
 //! - `publish`: publishes per second through gRPC, unary or `PublishStream`.
+//!
+//! `idle` and `fanout` also drive the peers (`--target nchan|socketio|pushpin`) with the same
+//! clients and measurements, so figures can be compared in one run (scripts/bench-peers.sh).
 
+mod peers;
 mod publish;
 
 use std::{
@@ -20,10 +24,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use futures_util::StreamExt;
-use serde::Deserialize;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
     time::Instant,
 };
@@ -46,6 +47,9 @@ enum Proto {
 enum Cmd {
     /// Hold N idle connections and report server RSS per connection.
     Idle {
+        /// Server under load.
+        #[arg(long, value_enum, default_value = "herald")]
+        target: peers::Target,
         /// Server client address, e.g. 127.0.0.1:8080.
         #[arg(long)]
         addr: SocketAddr,
@@ -56,9 +60,9 @@ enum Cmd {
         /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.9.
         #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
         sources: String,
-        /// PID of the server process (for RSS).
-        #[arg(long)]
-        pid: u32,
+        /// PID of each server process (RSS is summed); repeat for multi-process servers.
+        #[arg(long, required = true)]
+        pid: Vec<u32>,
         /// How long to hold once all are open.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         hold: Duration,
@@ -66,13 +70,22 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         channels: usize,
     },
-    /// Fan-out: N WebSocket subscribers on one channel, publishing at a fixed rate.
+    /// Fan-out: N subscribers on one channel, publishing at a fixed rate.
     Fanout {
+        /// Server under load.
+        #[arg(long, value_enum, default_value = "herald")]
+        target: peers::Target,
+        /// Subscriber transport.
+        #[arg(long, value_enum, default_value = "ws")]
+        protocol: Proto,
         #[arg(long)]
         addr: Vec<SocketAddr>,
-        /// gRPC endpoint, e.g. http://127.0.0.1:50051.
-        #[arg(long)]
+        /// gRPC endpoint (Herald), e.g. http://127.0.0.1:50051.
+        #[arg(long, default_value = "")]
         grpc: String,
+        /// HTTP publish address of a peer (default: the first --addr).
+        #[arg(long)]
+        publish_addr: Option<SocketAddr>,
         #[arg(long, default_value_t = 1000)]
         subscribers: usize,
         /// Publishes per second.
@@ -173,63 +186,19 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-async fn open_ws(
-    src: IpAddr,
-    addr: SocketAddr,
-    channel: &str,
-) -> anyhow::Result<tokio_tungstenite::WebSocketStream<TcpStream>> {
-    let stream = connect_from(src, addr).await?;
-    let url = format!("ws://{addr}/ws?channel={channel}");
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url, stream, Some(client_ws_config())).await?;
-    // Wait for "subscribed": live delivery is in place from here.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .context("no subscribed frame")?
-            .context("closed before subscribed")??;
-        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-            if t.contains("\"subscribed\"") {
-                return Ok(ws);
-            }
-            bail!("unexpected first frame: {t}");
-        }
-    }
-}
-
-async fn open_sse(src: IpAddr, addr: SocketAddr, channel: &str) -> anyhow::Result<TcpStream> {
-    let mut stream = connect_from(src, addr).await?;
-    let req = format!(
-        "GET /sse?channel={channel} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    stream.write_all(req.as_bytes()).await?;
-    let mut buf = [0u8; 1024];
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !String::from_utf8_lossy(&seen).contains("event: subscribed") {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await??;
-        if n == 0 {
-            bail!("sse closed early: {}", String::from_utf8_lossy(&seen));
-        }
-        seen.extend_from_slice(&buf[..n]);
-    }
-    if !seen.starts_with(b"HTTP/1.1 200") {
-        bail!("sse refused: {}", String::from_utf8_lossy(&seen));
-    }
-    Ok(stream)
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn idle(
+    target: peers::Target,
     addr: SocketAddr,
     protocol: Proto,
     n: usize,
     srcs: Vec<IpAddr>,
-    pid: u32,
+    pids: Vec<u32>,
     hold: Duration,
     channels: usize,
 ) -> anyhow::Result<()> {
-    let before = rss_kb(pid);
+    let rss = |pids: &[u32]| pids.iter().copied().map(rss_kb).sum::<u64>();
+    let before = rss(&pids);
     let started = Instant::now();
     let opened = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -243,14 +212,7 @@ async fn idle(
             (opened.clone(), failed.clone(), stop.clone(), sem.clone());
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
-            let held = match protocol {
-                Proto::Ws => open_ws(src, addr, &channel)
-                    .await
-                    .map(|ws| Box::new(ws) as Box<dyn Send>),
-                Proto::Sse => open_sse(src, addr, &channel)
-                    .await
-                    .map(|s| Box::new(s) as Box<dyn Send>),
-            };
+            let held = peers::open(target, protocol == Proto::Sse, src, addr, &channel).await;
             drop(permit);
             match held {
                 Ok(conn) => {
@@ -274,7 +236,7 @@ async fn idle(
     }
     let connect_time = started.elapsed();
     tokio::time::sleep(hold).await;
-    let after = rss_kb(pid);
+    let after = rss(&pids);
     let ok = opened.load(Ordering::Relaxed);
     let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / ok.max(1) as f64;
     let proto = if protocol == Proto::Ws {
@@ -285,7 +247,7 @@ async fn idle(
     println!(
         "{}",
         serde_json::json!({
-            "scenario": "idle", "protocol": proto, "connections": ok,
+            "scenario": "idle", "target": target.name(), "protocol": proto, "connections": ok,
             "failed": failed.load(Ordering::Relaxed),
             "connect_seconds": connect_time.as_secs_f64(),
             "rss_before_kb": before, "rss_after_kb": after,
@@ -299,19 +261,6 @@ async fn idle(
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct Frame {
-    #[serde(rename = "type")]
-    kind: String,
-    data: Option<Payload>,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    seq: u64,
-    t: u64,
-}
-
 #[derive(Default)]
 struct SubResult {
     latencies_us: Vec<u64>,
@@ -323,8 +272,11 @@ struct SubResult {
 
 #[allow(clippy::too_many_arguments)]
 async fn fanout(
+    target: peers::Target,
+    protocol: Proto,
     addrs: Vec<SocketAddr>,
     grpc: String,
+    publish_addr: Option<SocketAddr>,
     subscribers: usize,
     rate: u64,
     duration: Duration,
@@ -345,7 +297,7 @@ async fn fanout(
         let addr = addrs[i % addrs.len()];
         opens.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await;
-            open_ws(src, addr, &channel).await
+            peers::open(target, protocol == Proto::Sse, src, addr, &channel).await
         }));
     }
     for o in opens {
@@ -353,24 +305,28 @@ async fn fanout(
     }
     eprintln!("{subscribers} subscribers in {:?}", opening.elapsed());
     let mut readers = Vec::new();
-    for mut ws in subs {
+    for mut sub in subs {
         let (published, done) = (published.clone(), done.clone());
         readers.push(tokio::spawn(async move {
-            let mut r = SubResult { next: 1, ..Default::default() };
+            let mut r = SubResult {
+                next: 1,
+                ..Default::default()
+            };
             let finished = done.notified();
             tokio::pin!(finished);
+            let mut found = Vec::new();
             loop {
                 tokio::select! {
-                    msg = ws.next() => {
-                        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = msg else { break };
+                    more = sub.next_payloads(&mut found) => {
+                        if !matches!(more, Ok(true)) { break }
                         let now = now_us();
-                        let Ok(f) = serde_json::from_str::<Frame>(&t) else { continue };
-                        let Some(p) = f.data.filter(|_| f.kind == "message") else { continue };
-                        r.received += 1;
-                        r.latencies_us.push(now.saturating_sub(p.t));
-                        if p.seq == r.next { r.next += 1 }
-                        else if p.seq > r.next { r.lost += p.seq - r.next; r.next = p.seq + 1 }
-                        else { r.dups += 1 }
+                        for (seq, t) in found.drain(..) {
+                            r.received += 1;
+                            r.latencies_us.push(now.saturating_sub(t));
+                            if seq == r.next { r.next += 1 }
+                            else if seq > r.next { r.lost += seq - r.next; r.next = seq + 1 }
+                            else { r.dups += 1 }
+                        }
                     }
                     () = &mut finished => break,
                 }
@@ -381,7 +337,12 @@ async fn fanout(
         }));
     }
     let cpu0: f64 = pids.iter().copied().map(cpu_seconds).sum();
-    let mut client = herald_proto::v1::herald_client::HeraldClient::connect(grpc).await?;
+    let mut grpc_client = if target == peers::Target::Herald {
+        Some(herald_proto::v1::herald_client::HeraldClient::connect(grpc).await?)
+    } else {
+        None
+    };
+    let mut http = peers::HttpPublisher::new(target, publish_addr.unwrap_or(addrs[0]));
     let pad = "x".repeat(size.saturating_sub(40));
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
@@ -390,20 +351,30 @@ async fn fanout(
     for seq in 1..=total {
         let due = start + period.mul_f64((seq - 1) as f64);
         tokio::time::sleep_until(due).await;
-        let data = format!("{{\"seq\":{seq},\"t\":{},\"p\":\"{pad}\"}}", now_us());
-        let req = herald_proto::v1::PublishRequest {
-            channel: channel.clone(),
-            data: bytes::Bytes::from(data),
-            idempotency_key: String::new(),
+        let data = format!("{{\"hseq\":{seq},\"hts\":{},\"p\":\"{pad}\"}}", now_us());
+        let sent = match &mut grpc_client {
+            Some(client) => {
+                let req = herald_proto::v1::PublishRequest {
+                    channel: channel.clone(),
+                    data: bytes::Bytes::from(data),
+                    idempotency_key: String::new(),
+                };
+                client
+                    .publish(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+            None => http.publish(&channel, &data).await,
         };
-        match client.publish(req).await {
-            Ok(_) => {
+        match sent {
+            Ok(()) => {
                 published.store(seq, Ordering::Relaxed);
             }
             Err(e) => {
                 errors += 1;
                 if errors < 3 {
-                    eprintln!("publish failed: {e}");
+                    eprintln!("publish failed: {e:#}");
                 }
             }
         }
@@ -435,7 +406,10 @@ async fn fanout(
     };
     let server_cpu = cpu1 - cpu0;
     let result = serde_json::json!({
-        "scenario": "fanout", "subscribers": subscribers, "rate": rate,
+        "scenario": "fanout", "target": target.name(),
+        "protocol": if protocol == Proto::Sse { "sse" } else { "websocket" },
+        "subscribers": subscribers, "rate": rate,
+        "publish_rate_achieved": (published.load(Ordering::Relaxed) as f64 / publish_secs * 10.0).round() / 10.0,
         "published": published.load(Ordering::Relaxed), "publish_errors": errors,
         "deliveries": received, "deliveries_per_second": (received as f64 / publish_secs).round(),
         "lost": lost, "duplicates": dups,
@@ -455,6 +429,7 @@ async fn fanout(
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Idle {
+            target,
             addr,
             protocol,
             connections,
@@ -464,6 +439,7 @@ async fn main() -> anyhow::Result<()> {
             channels,
         } => {
             idle(
+                target,
                 addr,
                 protocol,
                 connections,
@@ -475,8 +451,11 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Cmd::Fanout {
+            target,
+            protocol,
             addr,
             grpc,
+            publish_addr,
             subscribers,
             rate,
             duration,
@@ -486,8 +465,11 @@ async fn main() -> anyhow::Result<()> {
             json,
         } => {
             fanout(
+                target,
+                protocol,
                 addr,
                 grpc,
+                publish_addr,
                 subscribers,
                 rate,
                 duration,
