@@ -4,7 +4,8 @@
 # clients, payload size (100 bytes) and connection limits. Bounded: every step stops by itself.
 #   scripts/bench-peers.sh [idle|fanout|all]     (default all)
 # Environment: CONNS (idle connections, 15000), SUBS (fan-out subscribers, 10000),
-#   RATES (publishes/s, "1 5 10 20"), DURATION (publishing time per rate, 10s), OUT.
+#   RATES (publishes/s, "1 5 10 20"), DURATION (publishing time per rate, 10s), OUT,
+#   ONLY (e.g. "herald:sse nchan:ws": just these runs).
 # Results: JSON lines in $OUT/*.jsonl, a Markdown report ($OUT/report.md) with Herald/peer
 # ratios, and a plot of p99 latency against publish rate ($OUT/fanout-p99.png).
 set -euo pipefail
@@ -77,6 +78,7 @@ pid_args() { for p in "${SERVER_PIDS[@]}"; do printf -- '--pid %s ' "$p"; done; 
 if [ "$WHAT" = idle ] || [ "$WHAT" = all ]; then
   : >"$OUT/idle.jsonl"
   for run in herald:ws herald:sse nchan:ws nchan:sse socketio:ws pushpin:sse; do
+    [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $run "* ]] && continue
     target=${run%:*} proto=${run#*:}
     echo "==> idle: $target $proto x $CONNS"
     start_server "$target"
@@ -91,6 +93,7 @@ fi
 if [ "$WHAT" = fanout ] || [ "$WHAT" = all ]; then
   : >"$OUT/fanout.jsonl"
   for run in herald:ws nchan:ws herald:sse nchan:sse socketio:ws; do
+    [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $run "* ]] && continue
     target=${run%:*} proto=${run#*:}
     start_server "$target"
     for rate in $RATES; do

@@ -12,6 +12,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, body::Body, extract::ConnectInfo};
 use bytes::{BufMut, BytesMut};
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use tokio::{
@@ -30,6 +31,8 @@ use crate::{ConnKill, limits::write_refusal};
 const PREFIXES: [&[u8]; 2] = [b"GET /sse?", b"GET /sse "];
 /// Most headers accepted in a request head.
 const MAX_HEADERS: usize = 64;
+/// Bytes of ready events gathered into one write.
+const WRITE_BATCH: usize = 64 << 10;
 
 /// What the first bytes of a connection say.
 pub(crate) enum Sniff {
@@ -234,13 +237,11 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, http10
     drop(head);
     let mut body = body;
     let mut sink = [0u8; 64];
-    loop {
+    let mut out = BytesMut::new();
+    let mut ended = false;
+    while !ended {
         let frame = tokio::select! {
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => frame,
-                Some(Err(_)) => return,
-                None => break,
-            },
+            frame = body.frame() => frame,
             // The client sends nothing after its request: a read returning means it closed
             // the connection (or sent bytes we ignore), so an idle stream notices at once.
             read = stream.read(&mut sink) => match read {
@@ -248,23 +249,40 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, http10
                 Ok(_) => continue,
             },
         };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
+        // Everything already queued goes out in one write: under load, one syscall carries
+        // many events (as the WebSocket path batches frames).
+        let mut next = Some(frame);
+        while let Some(frame) = next.take() {
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        if chunked {
+                            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            out.put_slice(&data);
+                            out.put_slice(b"\r\n");
+                        } else {
+                            out.put_slice(&data);
+                        }
+                    }
+                }
+                Some(Err(_)) => return,
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+            if out.len() >= WRITE_BATCH {
+                break;
+            }
+            next = body.frame().now_or_never();
         }
-        let written = if chunked {
-            let mut out = BytesMut::with_capacity(data.len() + 12);
-            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            out.put_slice(&data);
-            out.put_slice(b"\r\n");
-            stream.write_all(&out).await
-        } else {
-            stream.write_all(&data).await
-        };
-        if written.is_err() {
-            return;
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out = BytesMut::new();
         }
     }
     if chunked {
