@@ -388,7 +388,8 @@ async fn fanout(
     let expected = published.load(Ordering::Relaxed) * subscribers as u64;
     let settle = Instant::now();
     let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
-    while delivered.load(Ordering::Relaxed) < expected && settle.elapsed() < Duration::from_secs(30) {
+    while delivered.load(Ordering::Relaxed) < expected && settle.elapsed() < Duration::from_secs(30)
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = delivered.load(Ordering::Relaxed);
         if now != last.0 {
