@@ -2,7 +2,7 @@
 # Herald side by side with Nchan, Socket.IO and Pushpin, in one run on this machine: every
 # server pinned to CPU 0 (taskset, children included), the load generator to CPU 1, the same
 # clients, payload size (100 bytes) and connection limits. Bounded: every step stops by itself.
-#   scripts/bench-peers.sh [idle|fanout|all]     (default all)
+#   scripts/bench-peers.sh [idle|fanout|storm|all]     (default all)
 # Environment: CONNS (idle connections, 15000), SUBS (fan-out subscribers, 10000),
 #   RATES (publishes/s, "1 5 10 20"), DURATION (publishing time per rate, 10s), OUT,
 #   ONLY (e.g. "herald:sse nchan:ws": just these runs).
@@ -108,6 +108,15 @@ if [ "$WHAT" = fanout ] || [ "$WHAT" = all ]; then
     done
     stop_server
   done
+fi
+
+if [ "$WHAT" = storm ] || [ "$WHAT" = all ]; then
+  # Herald only: the peers have no cursor resume to compare with on equal terms.
+  echo "==> reconnect storm: $SUBS WebSocket clients resume at once after missing 50 messages"
+  start_server herald
+  timeout 240 $BENCH storm --addr "$ADDR" --grpc "$PUB" --clients "$SUBS" --missed 50 \
+    --sources 127.0.0.2-127.0.0.9 --pid "$HERALD_PID" | tail -1 | tee "$OUT/storm.json" || echo "   (failed)"
+  stop_server
 fi
 
 python3 scripts/bench-peers-report.py "$OUT"

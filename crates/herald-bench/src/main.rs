@@ -12,6 +12,7 @@
 
 mod peers;
 mod publish;
+mod storm;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -104,6 +105,25 @@ enum Cmd {
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+    },
+    /// Reconnect storm: N WebSocket clients resume at once with a cursor after missing
+    /// messages; time until all caught up, lost and duplicated messages.
+    Storm {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// gRPC endpoint, e.g. http://127.0.0.1:50051.
+        #[arg(long)]
+        grpc: String,
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Messages published while the clients are away.
+        #[arg(long, default_value_t = 50)]
+        missed: u64,
+        #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
+        sources: String,
+        /// PID of the server (CPU).
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Publishes per second through gRPC: unary calls or PublishStream.
     Publish {
@@ -496,6 +516,24 @@ async fn main() -> anyhow::Result<()> {
                 pid,
                 json,
             )
+            .await
+        }
+        Cmd::Storm {
+            addr,
+            grpc,
+            clients,
+            missed,
+            sources: s,
+            pid,
+        } => {
+            storm::run(storm::Storm {
+                addr,
+                grpc,
+                clients,
+                missed,
+                sources: sources(&s)?,
+                pid,
+            })
             .await
         }
         Cmd::Publish {
