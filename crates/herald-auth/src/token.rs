@@ -479,9 +479,24 @@ mod tests {
         })
         .unwrap();
         let mut c = claims(3600);
+        // Both missing: either refusal (the library checks required claims in no fixed order).
+        let both = v.verify(&mint_hs256(SECRET, &c).unwrap());
+        assert!(
+            matches!(both, Err(AuthError::WrongIssuer | AuthError::WrongAudience)),
+            "{both:?}"
+        );
+        c.aud = Some("herald".into());
         assert_eq!(
             v.verify(&mint_hs256(SECRET, &c).unwrap()),
-            Err(AuthError::WrongIssuer)
+            Err(AuthError::WrongIssuer),
+            "iss missing"
+        );
+        c.aud = None;
+        c.iss = Some("https://auth.example".into());
+        assert_eq!(
+            v.verify(&mint_hs256(SECRET, &c).unwrap()),
+            Err(AuthError::WrongAudience),
+            "aud missing"
         );
         c.iss = Some("https://evil.example".into());
         c.aud = Some("herald".into());
