@@ -13,6 +13,7 @@ mod cursor;
 mod json;
 mod memory;
 mod message;
+pub mod position;
 pub mod trace;
 
 pub use broker::{
@@ -29,6 +30,7 @@ pub use cursor::{Cursor, InvalidCursor};
 pub use json::{InvalidPayload, Payload};
 pub use memory::{MemoryBroker, MemoryBrokerConfig};
 pub use message::{Message, unix_micros};
+pub use position::Since;
 
 /// Limits on what a channel keeps, shared by every broker implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
