@@ -56,7 +56,11 @@ impl Since {
             return Err(bad());
         }
         let mut parts = text.split('_');
-        let base: Cursor = parts.next().unwrap_or_default().parse().map_err(|_| bad())?;
+        let base: Cursor = parts
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| bad())?;
         let Some(hash) = parts.next() else {
             return Ok(Since::All(base));
         };
@@ -192,7 +196,12 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_for_their_channel_set() {
-        let p = positions(&[("news", 100), ("chat:1", 1_000_037), ("z.z", 100), ("b", 136)]);
+        let p = positions(&[
+            ("news", 100),
+            ("chat:1", 1_000_037),
+            ("z.z", 100),
+            ("b", 136),
+        ]);
         let token = encode(&p);
         assert!(token.starts_with("100_"), "{token}");
         let channels: Vec<ChannelName> = ["z.z", "news", "b", "chat:1"].map(ch).to_vec();

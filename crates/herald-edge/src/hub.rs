@@ -6,12 +6,24 @@
 //! not make the node subscribe and unsubscribe at every poll. Fan-out never waits: a full
 //! outbox closes itself (slow consumer). When the broker says it may have dropped messages
 //! (`Lagged`, a reconnect), the hub repairs from history once for all local subscribers.
+//!
+//! Each channel also keeps its most recent messages ([`Recent`]), appended under the same lock
+//! as the fan-out, with the cursor from which it is known to be complete. A resume or poll
+//! whose position lies inside that window is answered from memory: thousands of clients
+//! resuming one channel after a deploy cost one broker read (the fill), not one each.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use herald_core::{
     Broker, BrokerError, ChannelName, Cursor, HistoryQuery, LiveEvent, Message, Protocol,
-    Subscription,
+    Subscription, unix_micros,
 };
 use herald_telemetry::Metrics;
 use parking_lot::Mutex;
@@ -25,14 +37,37 @@ const RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between re-subscribe attempts.
 const RESUBSCRIBE_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Bounds of the per-channel recent-message caches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecentLimits {
+    /// Most messages kept per channel (no more than the broker retains per channel).
+    pub(crate) messages: usize,
+    /// Most bytes kept per channel.
+    pub(crate) channel_bytes: usize,
+    /// Most bytes kept by all channels of the node together; past it, each channel trims its
+    /// own oldest messages as it appends.
+    pub(crate) node_bytes: usize,
+    /// The broker's history age limit: cached messages close to it are not served (the broker
+    /// decides, and reports a gap if it evicted them).
+    pub(crate) max_age: Duration,
+}
+
+/// Cached messages this close to the age limit are left to the broker: clocks of the node
+/// that stamped a message and of the broker that expires it may differ a little.
+const AGE_MARGIN: Duration = Duration::from_secs(2);
+
 /// The node's table of channels with local interest.
 pub(crate) struct Hub {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     /// How long a channel keeps its broker subscription after its last local subscriber.
     linger: Duration,
-    /// Most messages read per history call when repairing a feed.
+    /// Most messages read per history call when repairing a feed or filling a cache.
     repair_batch: usize,
+    /// Bounds of the recent-message caches.
+    recent: RecentLimits,
+    /// Bytes held by all recent-message caches.
+    recent_bytes: AtomicUsize,
     slots: Mutex<HashMap<ChannelName, Arc<Slot>>>,
 }
 
@@ -43,6 +78,9 @@ struct Slot {
     ready: watch::Sender<Readiness>,
     /// Woken when the last member leaves, so the pump starts its linger.
     emptied: Notify,
+    /// Held while the cache is filled from the broker: joiners needing the same fill wait for
+    /// it instead of each reading the broker.
+    filling: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -51,6 +89,54 @@ struct Members {
     conns: HashMap<u64, Arc<Outbox>>,
     /// Set once the slot left the table; a joiner must create a new one.
     retired: bool,
+    /// The channel's most recent messages, appended with each fan-out.
+    recent: Recent,
+}
+
+/// A channel's most recent messages, oldest first, and where they are known to be complete.
+#[derive(Default)]
+struct Recent {
+    messages: VecDeque<Arc<Message>>,
+    /// Bytes of `messages` (as [`Message::wire_size`] counts them).
+    bytes: usize,
+    /// Every message of the channel with a cursor after `floor`, up to the newest fanned out,
+    /// is in `messages`. `None` while that is not known (the feed lagged and its repair
+    /// failed, or the feed is not live yet): then nothing is served from here.
+    floor: Option<Cursor>,
+}
+
+/// What a joiner's resume position found in the channel's recent messages.
+pub(crate) enum Resume {
+    /// Joined from now, or the position is outside the cached window: read the broker.
+    Uncovered,
+    /// Every message after the position, from memory; with them the channel is delivered
+    /// completely through `through`.
+    Covered {
+        messages: Vec<Arc<Message>>,
+        through: Cursor,
+    },
+}
+
+impl Recent {
+    /// The messages after `since`, when the window covers it: `floor <= since <= newest`
+    /// (a position past the newest message this node saw may be one the broker never
+    /// issued; the broker judges those) and none of them is near its age limit.
+    fn after(&self, since: Cursor, oldest_us: u64) -> Option<(Vec<Arc<Message>>, Cursor)> {
+        let floor = self.floor?;
+        let newest = self.messages.back().map_or(floor, |m| m.cursor);
+        if since < floor || since > newest {
+            return None;
+        }
+        let start = self.messages.partition_point(|m| m.cursor <= since);
+        if self
+            .messages
+            .get(start)
+            .is_some_and(|m| m.published_us < oldest_us)
+        {
+            return None;
+        }
+        Some((self.messages.range(start..).cloned().collect(), newest))
+    }
 }
 
 #[derive(Clone)]
@@ -70,11 +156,30 @@ impl Slot {
         }
     }
 
+    /// Fans out the channel's next message and appends it to the recent messages, under one
+    /// lock, so a joiner sees each message either in the cache or in its outbox.
+    fn deliver(&self, hub: &Hub, message: &Arc<Message>) {
+        let mut members = self.members.lock();
+        hub.remember(&mut members.recent, message);
+        let item = Item::Message(message.clone());
+        for outbox in members.conns.values() {
+            outbox.push(item.clone());
+        }
+    }
+
+    /// Forgets the recent messages; `floor` says from where the next ones are complete.
+    fn reset_recent(&self, hub: &Hub, floor: Option<Cursor>) {
+        let mut members = self.members.lock();
+        let recent = std::mem::take(&mut members.recent);
+        hub.recent_bytes.fetch_sub(recent.bytes, Ordering::Relaxed);
+        members.recent.floor = floor;
+    }
+
     /// [`Slot::fan_out`] for a message whose publish was traced, when this node exports
     /// traces: a `herald.edge.receive` span continuing the publish's trace, and in it one
     /// `herald.deliver` span per protocol with subscribers here (never one per connection),
     /// covering the hand-off to those connections' outbound queues.
-    fn fan_out_traced(&self, message: &Arc<Message>, traceparent: &str) {
+    fn fan_out_traced(&self, hub: &Hub, message: &Arc<Message>, traceparent: &str) {
         let receive = tracing::info_span!(
             "herald.edge.receive",
             otel.kind = "consumer",
@@ -85,7 +190,8 @@ impl Slot {
         herald_telemetry::trace::set_parent(&receive, traceparent);
         let _receiving = receive.enter();
         let item = Item::Message(message.clone());
-        let members = self.members.lock();
+        let mut members = self.members.lock();
+        hub.remember(&mut members.recent, message);
         for protocol in Protocol::ALL {
             let subscribers = members
                 .conns
@@ -116,24 +222,87 @@ impl Hub {
         metrics: Arc<Metrics>,
         linger: Duration,
         repair_batch: usize,
+        recent: RecentLimits,
     ) -> Self {
         Self {
             broker,
             metrics,
             linger,
             repair_batch,
+            recent,
+            recent_bytes: AtomicUsize::new(0),
             slots: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Appends `message` to a channel's recent messages (when they are complete up to it) and
+    /// trims them to their bounds.
+    fn remember(&self, recent: &mut Recent, message: &Arc<Message>) {
+        let Some(floor) = recent.floor else { return };
+        let newest = recent.messages.back().map_or(floor, |m| m.cursor);
+        if message.cursor <= newest {
+            return;
+        }
+        let size = message.wire_size();
+        recent.messages.push_back(message.clone());
+        recent.bytes += size;
+        let mut total = self.recent_bytes.fetch_add(size, Ordering::Relaxed) + size;
+        let limits = &self.recent;
+        while recent.messages.len() > limits.messages
+            || recent.bytes > limits.channel_bytes
+            || (total > limits.node_bytes && !recent.messages.is_empty())
+        {
+            let Some(old) = recent.messages.pop_front() else {
+                break;
+            };
+            let size = old.wire_size();
+            recent.bytes -= size;
+            total = self.recent_bytes.fetch_sub(size, Ordering::Relaxed) - size;
+            recent.floor = Some(old.cursor);
+        }
+    }
+
+    /// Oldest publish time (µs) a cached message may have to be served.
+    fn oldest_servable_us(&self) -> u64 {
+        let keep = self.recent.max_age.saturating_sub(AGE_MARGIN);
+        unix_micros().saturating_sub(keep.as_micros() as u64)
+    }
+
+    /// The retained messages of `channel` after `since`, from this node's memory when its
+    /// recent window covers `since` (no broker read); `None` otherwise. For polls, which do
+    /// not join.
+    pub(crate) fn recent(
+        &self,
+        channel: &ChannelName,
+        since: Cursor,
+    ) -> Option<(Vec<Arc<Message>>, Cursor)> {
+        let slot = self.slots.lock().get(channel).cloned()?;
+        let got = slot
+            .members
+            .lock()
+            .recent
+            .after(since, self.oldest_servable_us());
+        self.count_recent(got.is_some());
+        got
+    }
+
+    fn count_recent(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.metrics.recent_cache.with_label_values(&[result]).inc();
+    }
+
     /// Adds a connection to a channel's local subscribers and waits until the broker feed
-    /// is live: once this returns, nothing published to the channel can be missed.
+    /// is live: once this returns, nothing published to the channel can be missed. With a
+    /// resume position, also says whether the channel's recent messages cover it, filling
+    /// them from the broker first when the position lies just below them (one read for all
+    /// joiners that need it).
     pub(crate) async fn join(
         self: &Arc<Self>,
         channel: &ChannelName,
         conn: u64,
         outbox: &Arc<Outbox>,
-    ) -> Result<(), BrokerError> {
+        since: Option<Cursor>,
+    ) -> Result<Resume, BrokerError> {
         let slot = {
             let mut slots = self.slots.lock();
             let existing = slots
@@ -148,6 +317,7 @@ impl Hub {
                         members: Mutex::new(Members::default()),
                         ready: watch::Sender::new(Readiness::Pending),
                         emptied: Notify::new(),
+                        filling: tokio::sync::Mutex::new(()),
                     });
                     slots.insert(channel.clone(), slot.clone());
                     self.metrics.channels.set(slots.len() as i64);
@@ -173,7 +343,22 @@ impl Hub {
             .map(|r| r.clone())
             .unwrap_or(Readiness::Failed(BrokerError::Closed));
         match state {
-            Readiness::Live => Ok(()),
+            Readiness::Live => {
+                let Some(since) = since else {
+                    return Ok(Resume::Uncovered);
+                };
+                // Checked after joining: anything fanned out from here on is in the outbox.
+                let oldest = self.oldest_servable_us();
+                let mut found = slot.members.lock().recent.after(since, oldest);
+                if found.is_none() && self.fill(&slot, since).await {
+                    found = slot.members.lock().recent.after(since, oldest);
+                }
+                self.count_recent(found.is_some());
+                Ok(match found {
+                    Some((messages, through)) => Resume::Covered { messages, through },
+                    None => Resume::Uncovered,
+                })
+            }
             Readiness::Failed(e) => {
                 self.leave(channel, conn);
                 Err(e)
@@ -210,6 +395,63 @@ impl Hub {
             .collect()
     }
 
+    /// Extends the slot's recent messages down to `since` with one broker read (or a few
+    /// pages), when `since` is below their floor and the gap is small enough to keep. Returns
+    /// whether the window now reaches `since`. Concurrent callers wait for one fill.
+    async fn fill(&self, slot: &Slot, since: Cursor) -> bool {
+        let _filling = slot.filling.lock().await;
+        let floor = match slot.members.lock().recent.floor {
+            Some(floor) if floor > since => floor,
+            Some(_) => return true, // another joiner filled it meanwhile
+            None => return false,
+        };
+        let mut got: Vec<Arc<Message>> = Vec::new();
+        let mut bytes = 0;
+        let mut after = since;
+        'read: loop {
+            self.metrics.history_reads.inc();
+            let query = HistoryQuery {
+                after,
+                limit: self.repair_batch,
+            };
+            let page = match self.broker.history(&slot.channel, query).await {
+                Ok(page) if !page.gap => page,
+                // A gap is the broker's to report, with the messages after it.
+                _ => return false,
+            };
+            let full = page.messages.len() >= self.repair_batch;
+            for m in page.messages {
+                if m.cursor > floor {
+                    break 'read; // joined up with the cached window
+                }
+                after = m.cursor;
+                bytes += m.wire_size();
+                got.push(m);
+            }
+            if got.len() > self.recent.messages || bytes > self.recent.channel_bytes {
+                return false;
+            }
+            if !full || after >= floor {
+                break;
+            }
+        }
+        if got.len() > self.recent.messages || bytes > self.recent.channel_bytes {
+            return false;
+        }
+        let mut members = slot.members.lock();
+        let recent = &mut members.recent;
+        if recent.floor != Some(floor) {
+            return false; // the feed lagged or trimmed meanwhile: the read may not join up
+        }
+        for m in got.into_iter().rev() {
+            recent.messages.push_front(m);
+        }
+        recent.bytes += bytes;
+        self.recent_bytes.fetch_add(bytes, Ordering::Relaxed);
+        recent.floor = Some(since);
+        true
+    }
+
     /// Takes `slot` out of the table. Unless `force`, only when it has no members.
     fn retire(&self, slot: &Arc<Slot>, force: bool) -> bool {
         let mut slots = self.slots.lock();
@@ -220,6 +462,8 @@ impl Hub {
         members.retired = true;
         self.metrics.subscriptions.sub(members.conns.len() as i64);
         members.conns.clear();
+        let recent = std::mem::take(&mut members.recent);
+        self.recent_bytes.fetch_sub(recent.bytes, Ordering::Relaxed);
         if slots
             .get(&slot.channel)
             .is_some_and(|s| Arc::ptr_eq(s, slot))
@@ -231,11 +475,12 @@ impl Hub {
     }
 
     /// Re-reads history after `last` and fans out what the live feed dropped. Tells the
-    /// subscribers about a gap when history no longer covers it or cannot be read.
-    async fn repair(&self, slot: &Slot, last: &mut Option<Cursor>) {
+    /// subscribers about a gap when history no longer covers it or cannot be read. Returns
+    /// whether the feed is continuous again from `last` (history could be read).
+    async fn repair(&self, slot: &Slot, last: &mut Option<Cursor>) -> bool {
         let Some(mut after) = *last else {
             slot.fan_out(&Item::Gap(slot.channel.clone()));
-            return;
+            return false;
         };
         loop {
             self.metrics.history_reads.inc();
@@ -257,13 +502,13 @@ impl Hub {
                     }
                     *last = Some(after);
                     if !full {
-                        return;
+                        return true;
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, channel = %slot.channel, "could not repair a live feed");
                     slot.fan_out(&Item::Gap(slot.channel.clone()));
-                    return;
+                    return false;
                 }
             }
         }
@@ -282,8 +527,10 @@ async fn pump(hub: Arc<Hub>, slot: Arc<Slot>) {
             return;
         }
     };
-    // Where a repair starts if the feed lags before its first message.
+    // Where a repair starts if the feed lags before its first message, and from where the
+    // recent messages are complete: everything after it comes through this feed.
     let mut last: Option<Cursor> = hub.broker.head().await.ok();
+    slot.reset_recent(&hub, last);
     slot.ready.send_replace(Readiness::Live);
     let mut idle_deadline: Option<Instant> = None;
     loop {
@@ -306,17 +553,17 @@ async fn pump(hub: Arc<Hub>, slot: Arc<Slot>) {
                         last = Some(m.cursor);
                         match m.traceparent() {
                             Some(tp) if herald_telemetry::trace::enabled() => {
-                                slot.fan_out_traced(&m, tp)
+                                slot.fan_out_traced(&hub, &m, tp)
                             }
-                            _ => slot.fan_out(&Item::Message(m)),
+                            _ => slot.deliver(&hub, &m),
                         }
                     }
                 }
-                Some(LiveEvent::Lagged) => hub.repair(&slot, &mut last).await,
+                Some(LiveEvent::Lagged) => repair_and_recache(&hub, &slot, &mut last).await,
                 None => match resubscribe(&hub, &slot).await {
                     Some(new) => {
                         sub = new;
-                        hub.repair(&slot, &mut last).await;
+                        repair_and_recache(&hub, &slot, &mut last).await;
                     }
                     None => return,
                 },
@@ -328,6 +575,16 @@ async fn pump(hub: Arc<Hub>, slot: Arc<Slot>) {
                 }
             }
         }
+    }
+}
+
+/// A lagged feed may have lost messages: the recent messages stop being served, the repair
+/// fans out what was missed, and from its end the window is complete again (unless the
+/// repair could not read the broker).
+async fn repair_and_recache(hub: &Hub, slot: &Slot, last: &mut Option<Cursor>) {
+    slot.reset_recent(hub, None);
+    if hub.repair(slot, last).await {
+        slot.reset_recent(hub, *last);
     }
 }
 
@@ -366,6 +623,12 @@ mod tests {
             metrics,
             Duration::from_millis(200),
             100,
+            RecentLimits {
+                messages: 100,
+                channel_bytes: 1 << 20,
+                node_bytes: 64 << 20,
+                max_age: Duration::from_secs(300),
+            },
         ));
         (broker, hub)
     }
@@ -387,7 +650,7 @@ mod tests {
         let (broker, hub) = setup(2);
         let ch = ChannelName::new("lag").unwrap();
         let outbox = Arc::new(Outbox::new(1 << 20, herald_core::Protocol::WebSocket));
-        hub.join(&ch, 1, &outbox).await.unwrap();
+        hub.join(&ch, 1, &outbox, None).await.unwrap();
         // No await point yields here, so the pump cannot drain its 2-message buffer.
         let mut sent = Vec::new();
         for n in 0..10 {
@@ -415,16 +678,109 @@ mod tests {
         let (broker, hub) = setup(16);
         let ch = ChannelName::new("linger").unwrap();
         let outbox = Arc::new(Outbox::new(1 << 20, herald_core::Protocol::WebSocket));
-        hub.join(&ch, 1, &outbox).await.unwrap();
+        hub.join(&ch, 1, &outbox, None).await.unwrap();
         assert_eq!((hub.channel_count(), broker.live_subscriptions()), (1, 1));
         hub.leave(&ch, 1);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(hub.channel_count(), 1, "still lingering");
         // A join during the linger reuses the subscription.
-        hub.join(&ch, 2, &outbox).await.unwrap();
+        hub.join(&ch, 2, &outbox, None).await.unwrap();
         hub.leave(&ch, 2);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(hub.channel_count(), 0);
         assert_eq!(broker.live_subscriptions(), 0, "broker interest dropped");
+    }
+
+    fn covered(r: Resume) -> (Vec<Cursor>, Cursor) {
+        match r {
+            Resume::Covered { messages, through } => {
+                (messages.iter().map(|m| m.cursor).collect(), through)
+            }
+            Resume::Uncovered => panic!("expected the recent messages to cover the position"),
+        }
+    }
+
+    /// Waits until the hub's pump has fanned out everything published so far.
+    async fn drain(outbox: &Outbox, n: usize) {
+        let mut seen = 0;
+        let mut batch = Vec::new();
+        while seen < n {
+            tokio::time::timeout(Duration::from_secs(5), outbox.next_batch(&mut batch))
+                .await
+                .expect("fan-out")
+                .unwrap();
+            seen += batch.drain(..).count();
+        }
+    }
+
+    #[tokio::test]
+    async fn resumes_inside_the_recent_window_read_no_history() {
+        let (broker, hub) = setup(1024);
+        let ch = ChannelName::new("recent").unwrap();
+        let first = Arc::new(Outbox::new(1 << 20, herald_core::Protocol::WebSocket));
+        hub.join(&ch, 1, &first, None).await.unwrap();
+        let mut sent = Vec::new();
+        for n in 0..20 {
+            sent.push(publish(&broker, &ch, n).await);
+        }
+        drain(&first, 20).await;
+        let reads = hub.metrics.history_reads.get();
+        let second = Arc::new(Outbox::new(1 << 20, herald_core::Protocol::WebSocket));
+        let (got, through) = covered(hub.join(&ch, 2, &second, Some(sent[4])).await.unwrap());
+        assert_eq!(got, sent[5..], "every message after the position, in order");
+        assert_eq!(through, sent[19]);
+        assert_eq!(hub.metrics.history_reads.get(), reads, "served from memory");
+        // A position past anything this node saw is the broker's to judge.
+        let ahead = Cursor(sent[19].0 + 1_000_000);
+        assert!(matches!(
+            hub.join(&ch, 3, &second, Some(ahead)).await.unwrap(),
+            Resume::Uncovered
+        ));
+    }
+
+    #[tokio::test]
+    async fn many_joiners_below_the_window_share_one_fill() {
+        let (broker, hub) = setup(1024);
+        let ch = ChannelName::new("storm").unwrap();
+        let mut sent = Vec::new();
+        for n in 0..50 {
+            sent.push(publish(&broker, &ch, n).await);
+        }
+        let reads = hub.metrics.history_reads.get();
+        let outbox = Arc::new(Outbox::new(1 << 20, herald_core::Protocol::WebSocket));
+        let joins = (0..200u64).map(|conn| {
+            let (hub, ch, outbox) = (hub.clone(), ch.clone(), outbox.clone());
+            let since = sent[9];
+            tokio::spawn(async move { hub.join(&ch, conn, &outbox, Some(since)).await })
+        });
+        for j in joins {
+            let (got, _) = covered(j.await.unwrap().unwrap());
+            assert_eq!(got, sent[10..]);
+        }
+        assert_eq!(
+            hub.metrics.history_reads.get() - reads,
+            1,
+            "200 resumes of one channel cost one broker read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lagged_feed_stops_serving_from_memory_until_repaired() {
+        let (broker, hub) = setup(2);
+        let ch = ChannelName::new("lagged").unwrap();
+        let outbox = Arc::new(Outbox::new(1 << 20, herald_core::Protocol::WebSocket));
+        hub.join(&ch, 1, &outbox, None).await.unwrap();
+        let mut sent = Vec::new();
+        for n in 0..10 {
+            sent.push(publish(&broker, &ch, n).await);
+        }
+        drain(&outbox, 10).await;
+        // The repair read history; the window is complete again from where it ended.
+        let (got, _) = covered(hub.join(&ch, 2, &outbox, Some(sent[9])).await.unwrap());
+        assert!(got.is_empty());
+        sent.push(publish(&broker, &ch, 10).await);
+        drain(&outbox, 1).await;
+        let (got, _) = covered(hub.join(&ch, 3, &outbox, Some(sent[9])).await.unwrap());
+        assert_eq!(got, sent[10..]);
     }
 }

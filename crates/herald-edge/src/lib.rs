@@ -7,6 +7,7 @@
 
 mod assets;
 mod auth;
+mod deliver;
 mod error;
 mod hub;
 mod limits;
@@ -95,8 +96,15 @@ pub struct EdgeConfig {
     pub poll_max_messages: usize,
     /// A poll client counts as connected this long after its last request.
     pub poll_client_window: Duration,
-    /// Most messages per channel sent on a WebSocket/SSE resume (at least the history size).
-    pub catchup_limit: usize,
+    /// Most recent messages kept in memory per channel with local interest (the broker's
+    /// history size: keeping more could serve what the broker evicted).
+    pub recent_messages: usize,
+    /// Most bytes of recent messages kept per channel.
+    pub recent_channel_bytes: usize,
+    /// Most bytes of recent messages kept by all channels together; 0 turns the cache off.
+    pub recent_node_bytes: usize,
+    /// The broker's history age limit (recent messages close to it are left to the broker).
+    pub history_max_age: Duration,
     /// How long a channel keeps its broker subscription after its last local subscriber.
     pub interest_linger: Duration,
     /// Origins allowed by CORS on `/sse` and `/poll`; `*` allows any.
@@ -142,8 +150,16 @@ impl EdgeConfig {
     pub const DEFAULT_POLL_MAX_MESSAGES: usize = 1000;
     /// Default poll client window.
     pub const DEFAULT_POLL_CLIENT_WINDOW: Duration = Duration::from_secs(30);
-    /// Default resume catch-up per channel.
-    pub const DEFAULT_CATCHUP_LIMIT: usize = 10_000;
+    /// Default recent messages per channel (the default history size).
+    pub const DEFAULT_RECENT_MESSAGES: usize = 100;
+    /// Default recent-message bytes per channel: 1 MiB.
+    pub const DEFAULT_RECENT_CHANNEL_BYTES: usize = 1 << 20;
+    /// Default recent-message bytes per node: 64 MiB.
+    pub const DEFAULT_RECENT_NODE_BYTES: usize = 64 << 20;
+    /// Default history age (the default history TTL).
+    pub const DEFAULT_HISTORY_MAX_AGE: Duration = Duration::from_secs(300);
+    /// Messages read per broker call when a live feed is repaired or a cache filled.
+    const REPAIR_BATCH: usize = 1000;
     /// Default interest linger.
     pub const DEFAULT_INTEREST_LINGER: Duration = Duration::from_secs(5);
     /// Default header read timeout.
@@ -166,7 +182,10 @@ impl Default for EdgeConfig {
             ws_write_buffer: Self::DEFAULT_WS_WRITE_BUFFER,
             poll_max_messages: Self::DEFAULT_POLL_MAX_MESSAGES,
             poll_client_window: Self::DEFAULT_POLL_CLIENT_WINDOW,
-            catchup_limit: Self::DEFAULT_CATCHUP_LIMIT,
+            recent_messages: Self::DEFAULT_RECENT_MESSAGES,
+            recent_channel_bytes: Self::DEFAULT_RECENT_CHANNEL_BYTES,
+            recent_node_bytes: Self::DEFAULT_RECENT_NODE_BYTES,
+            history_max_age: Self::DEFAULT_HISTORY_MAX_AGE,
             interest_linger: Self::DEFAULT_INTEREST_LINGER,
             cors_origins: vec!["*".into()],
             header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
@@ -226,7 +245,17 @@ impl Edge {
             broker.clone(),
             metrics.clone(),
             config.interest_linger,
-            config.catchup_limit.clamp(100, 10_000),
+            EdgeConfig::REPAIR_BATCH,
+            hub::RecentLimits {
+                messages: if config.recent_node_bytes == 0 {
+                    0
+                } else {
+                    config.recent_messages
+                },
+                channel_bytes: config.recent_channel_bytes.min(config.recent_node_bytes),
+                node_bytes: config.recent_node_bytes,
+                max_age: config.history_max_age,
+            },
         ));
         let inner = Arc::new(EdgeInner {
             registry: Arc::new(registry::Registry::new(

@@ -29,15 +29,6 @@ impl Item {
     }
 }
 
-/// Puts a batch in cursor order (gaps first): live feeds of different channels are not
-/// ordered with each other, and clients resume a channel set from one cursor.
-pub(crate) fn sort_batch(batch: &mut [Item]) {
-    batch.sort_by_key(|i| match i {
-        Item::Message(m) => m.cursor,
-        Item::Gap(_) => herald_core::Cursor::ZERO,
-    });
-}
-
 /// Why an outbox stopped accepting items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Closed {

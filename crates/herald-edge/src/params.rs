@@ -1,7 +1,7 @@
 //! Query-string parsing for `/ws`, `/sse` and `/poll`: repeated `channel` parameters (or
 //! comma-separated lists), `since`, and `wait`.
 
-use herald_core::{ChannelName, Cursor};
+use herald_core::{ChannelName, Since};
 
 use crate::EdgeError;
 
@@ -12,7 +12,8 @@ pub const MAX_WAIT_SECS: u64 = 60;
 #[derive(Debug, Default)]
 pub(crate) struct ClientQuery {
     pub(crate) channels: Vec<ChannelName>,
-    pub(crate) since: Option<Cursor>,
+    /// Where to resume: a cursor or a position token, read against `channels`.
+    pub(crate) since: Since,
     pub(crate) wait: Option<u64>,
     /// `token`: a client JWT (for clients that cannot set `Authorization`, like EventSource).
     pub(crate) token: Option<String>,
@@ -22,7 +23,7 @@ pub(crate) struct ClientQuery {
 /// at most `max_channels` channel names are accepted, checked before any is validated.
 pub(crate) fn parse(raw: Option<&str>, max_channels: usize) -> Result<ClientQuery, EdgeError> {
     let mut q = ClientQuery::default();
-    let mut since_seen = false;
+    let mut since_text: Option<String> = None;
     let mut wait_seen = false;
     for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*key {
@@ -38,10 +39,10 @@ pub(crate) fn parse(raw: Option<&str>, max_channels: usize) -> Result<ClientQuer
                 }
             }
             "since" => {
-                if std::mem::replace(&mut since_seen, true) {
+                if since_text.is_some() {
                     return Err(EdgeError::Repeated("since"));
                 }
-                q.since = Some(value.parse()?);
+                since_text = Some(value.into_owned());
             }
             "token" => {
                 if q.token.is_some() {
@@ -61,6 +62,9 @@ pub(crate) fn parse(raw: Option<&str>, max_channels: usize) -> Result<ClientQuer
             _ => {}
         }
     }
+    if let Some(text) = since_text {
+        q.since = Since::parse(&text, &q.channels)?;
+    }
     Ok(q)
 }
 
@@ -73,7 +77,7 @@ mod tests {
         let q = parse(Some("channel=a&channel=b,c&since=5&wait=25&_=1"), 10).unwrap();
         let names: Vec<_> = q.channels.iter().map(|c| c.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
-        assert_eq!(q.since, Some(Cursor(5)));
+        assert_eq!(q.since, Since::All(herald_core::Cursor(5)));
         assert_eq!(q.wait, Some(25));
     }
 

@@ -9,7 +9,7 @@
 //! including requests in flight.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     hash::{Hash, Hasher},
     net::IpAddr,
     sync::Arc,
@@ -21,7 +21,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, BytesMut};
-use herald_core::{ChannelName, Cursor, Message, Protocol, unix_micros};
+use herald_core::{ChannelName, Cursor, Message, Protocol, Since, unix_micros};
 use herald_telemetry::{CloseReason, Metrics};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -124,8 +124,20 @@ impl Drop for InFlight<'_> {
 
 struct Reply {
     messages: Vec<Arc<Message>>,
-    cursor: Cursor,
+    /// Where each channel stands after `messages`; the reply's `cursor` is its text form.
+    positions: BTreeMap<ChannelName, Cursor>,
     gaps: Vec<ChannelName>,
+}
+
+impl Reply {
+    /// Nothing new: every channel at `at`.
+    fn empty(channels: &[ChannelName], at: Cursor) -> Reply {
+        Reply {
+            messages: vec![],
+            positions: channels.iter().map(|c| (c.clone(), at)).collect(),
+            gaps: vec![],
+        }
+    }
 }
 
 impl IntoResponse for Reply {
@@ -140,8 +152,9 @@ impl IntoResponse for Reply {
             b.put_slice(m.json());
         }
         let gaps: Vec<&str> = self.gaps.iter().map(|c| c.as_str()).collect();
-        let tail = serde_json::json!({"gap": !gaps.is_empty(), "gaps": gaps});
-        b.put_slice(format!("],\"cursor\":\"{}\",", self.cursor).as_bytes());
+        let cursor = herald_core::position::encode(&self.positions);
+        let tail = serde_json::json!({"cursor": cursor, "gap": !gaps.is_empty(), "gaps": gaps});
+        b.put_slice(b"],");
         // `tail` is an object; splice its members after ours.
         let tail = tail.to_string();
         b.put_slice(&tail.as_bytes()[1..]);
@@ -199,9 +212,9 @@ pub(crate) async fn handle(
     };
 
     let reply = if wait == 0 {
-        interval(&edge, &q.channels, q.since).await?
+        interval(&edge, &q.channels, &q.since).await?
     } else {
-        long(&edge, &q.channels, q.since, Duration::from_secs(wait)).await?
+        long(&edge, &q.channels, &q.since, Duration::from_secs(wait)).await?
     };
     let now = unix_micros();
     for m in &reply.messages {
@@ -219,16 +232,12 @@ pub(crate) async fn handle(
 async fn interval(
     edge: &EdgeInner,
     channels: &[ChannelName],
-    since: Option<Cursor>,
+    since: &Since,
 ) -> Result<Reply, EdgeError> {
     let broker = &edge.broker;
-    let Some(since) = since else {
-        return Ok(Reply {
-            messages: vec![],
-            cursor: broker.head().await?,
-            gaps: vec![],
-        });
-    };
+    if *since == Since::Now {
+        return Ok(Reply::empty(channels, broker.head().await?));
+    }
     let reply = read_history(edge, channels, since).await?;
     if reply.gaps.is_empty() || !reply.messages.is_empty() {
         return Ok(reply);
@@ -242,33 +251,33 @@ async fn interval(
         return Ok(again);
     }
     Ok(Reply {
-        messages: vec![],
-        cursor: head,
         gaps: reply.gaps,
+        ..Reply::empty(channels, head)
     })
 }
 
-/// Every retained message of `channels` after `since`, merged in cursor order, at most
-/// `poll_max_messages`; the cursor is the last one returned (or `since`).
+/// Every retained message of `channels` after their positions, merged in cursor order, at
+/// most `poll_max_messages`, and where that leaves each channel.
 async fn read_history(
     edge: &EdgeInner,
     channels: &[ChannelName],
-    since: Cursor,
+    since: &Since,
 ) -> Result<Reply, EdgeError> {
     let limit = edge.config.poll_max_messages;
-    let merged = crate::session::read_merged(edge, channels, since, limit, Some(limit)).await?;
-    let cursor = merged.messages.last().map_or(since, |m| m.cursor);
+    let merged = crate::session::read_merged(edge, channels, since, limit).await?;
     Ok(Reply {
         messages: merged.messages,
-        cursor,
+        positions: merged.positions,
         gaps: merged.gaps,
     })
 }
 
+/// A long-poll: joins the live feeds first, then answers from history if it has anything
+/// new, else waits for the first live message (or `wait`).
 async fn long(
     edge: &Arc<EdgeInner>,
     channels: &[ChannelName],
-    since: Option<Cursor>,
+    since: &Since,
     wait: Duration,
 ) -> Result<Reply, EdgeError> {
     let reg = edge
@@ -280,22 +289,13 @@ async fn long(
         )
         .ok_or(EdgeError::TooManyConnections)?;
     let mut session = Session::new(edge.clone(), reg);
-    let catchup = session
-        .subscribe(channels, since, Some(edge.config.poll_max_messages))
-        .await?;
-    let cursor = catchup.messages.last().map_or(catchup.cursor, |m| m.cursor);
-    if !catchup.gaps.is_empty() && catchup.messages.is_empty() {
-        // Same rule as an interval poll: tell the gap once, then move on from now.
-        drop(session);
-        return interval(edge, channels, since).await;
+    // Live first: anything stored after the read below then reaches the outbox.
+    session.join_live(channels, Cursor::ZERO).await?;
+    let first = interval(edge, channels, since).await?;
+    if !first.messages.is_empty() || !first.gaps.is_empty() {
+        return Ok(first);
     }
-    if !catchup.messages.is_empty() || !catchup.gaps.is_empty() {
-        return Ok(Reply {
-            messages: catchup.messages,
-            cursor,
-            gaps: catchup.gaps,
-        });
-    }
+    session.stand_at(&first.positions);
     let outbox = session.reg.outbox.clone();
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
@@ -305,7 +305,7 @@ async fn long(
             r = outbox.next_batch(&mut batch) => {
                 if r.is_err() {
                     // Drained or overflowed: answer now; the cursor loses nothing.
-                    return Ok(Reply { messages: vec![], cursor, gaps: vec![] });
+                    return Ok(first);
                 }
                 let mut messages = Vec::new();
                 let mut lost = false;
@@ -321,18 +321,22 @@ async fn long(
                 }
                 if lost || (channels.len() > 1 && !messages.is_empty()) {
                     // Live feeds of different channels are not ordered with each other, and
-                    // a repaired feed may have lost messages: history is authoritative, so
-                    // answer from it (it reports a gap only if one really exists).
+                    // a repaired feed may have lost messages: history gives the consistent
+                    // cut (and reports a gap only if one really exists).
                     drop(session);
-                    return interval(edge, channels, Some(cursor)).await;
+                    let at = Since::Each(first.positions);
+                    return interval(edge, channels, &at).await;
                 }
                 if !messages.is_empty() {
                     messages.truncate(edge.config.poll_max_messages);
-                    let cursor = messages.last().map_or(cursor, |m| m.cursor);
-                    return Ok(Reply { messages, cursor, gaps: vec![] });
+                    let mut positions = first.positions;
+                    if let Some(last) = messages.last() {
+                        positions.insert(last.channel.clone(), last.cursor);
+                    }
+                    return Ok(Reply { messages, positions, gaps: vec![] });
                 }
             }
-            () = &mut deadline => return Ok(Reply { messages: vec![], cursor, gaps: vec![] }),
+            () = &mut deadline => return Ok(first),
         }
     }
 }

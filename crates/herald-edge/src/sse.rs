@@ -12,15 +12,15 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_core::{Cursor, Protocol, unix_micros};
-use herald_telemetry::CloseReason;
+use herald_core::{Protocol, Since};
 use tokio::time::{Instant, Interval};
 
 use crate::{
     EdgeError, EdgeInner,
-    outbox::{Closed, Item},
+    deliver::{self, Ending},
+    outbox::Item,
     params,
-    session::{Catchup, Session},
+    session::{Catchup, Session, Step},
 };
 
 struct Stream {
@@ -28,6 +28,9 @@ struct Stream {
     heartbeat: Interval,
     /// Chunks ready to go out, in order.
     pending: VecDeque<Bytes>,
+    /// The catch-up still to send, before any live message.
+    catchup: Option<Catchup>,
+    steps: Vec<Step>,
     batch: Vec<Item>,
     /// Set once the last chunk (reconnect, error) is queued.
     done: bool,
@@ -35,13 +38,37 @@ struct Stream {
     expires: Option<Instant>,
 }
 
-fn event(name: &str, id: Option<Cursor>, data: &serde_json::Value) -> Bytes {
+fn event(name: &str, id: Option<&str>, data: &serde_json::Value) -> Bytes {
     let mut b = BytesMut::new();
     if let Some(id) = id {
         b.put_slice(format!("id: {id}\n").as_bytes());
     }
     b.put_slice(format!("event: {name}\ndata: {data}\n\n").as_bytes());
     b.freeze()
+}
+
+/// Queues the SSE event of a delivery. A message event's `id:` is the stream's position
+/// token after it: with one channel that is the message's own id, and the event was built
+/// once for every connection; with several, the shared `event:`/`data:` lines follow this
+/// connection's `id:` line.
+fn encode(session: &Session, step: &Step, out: &mut VecDeque<Bytes>) {
+    match step {
+        Step::Message(m) => {
+            let whole = m.sse_event();
+            if session.channel_count() == 1 {
+                out.push_back(whole.clone());
+            } else {
+                let body = whole.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+                out.push_back(Bytes::from(format!("id: {}\n", session.token())));
+                out.push_back(whole.slice(body..));
+            }
+        }
+        Step::Gap(c) => out.push_back(event(
+            "gap",
+            None,
+            &serde_json::json!({"channel": c.as_str()}),
+        )),
+    }
 }
 
 /// Handles `GET /sse`.
@@ -66,7 +93,7 @@ pub(crate) async fn handle(
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().unwrap_or("\u{fffd}").trim();
         if !text.is_empty() {
-            query.since = Some(text.parse()?);
+            query.since = Since::parse(text, &query.channels)?;
         }
     }
     let reg = edge
@@ -74,21 +101,26 @@ pub(crate) async fn handle(
         .register(Protocol::Sse, edge.config.outbox_bytes, kill)
         .ok_or(EdgeError::TooManyConnections)?;
     let mut session = Session::new(edge.clone(), reg);
-    let catchup = session
-        .subscribe(&query.channels, query.since, None)
-        .await?;
+    let catchup = session.subscribe(&query.channels, &query.since).await?;
 
     let mut pending = VecDeque::new();
     pending.push_back(Bytes::from(format!(
         "retry: {}\n\n",
         edge.config.sse_retry.as_millis()
     )));
-    pending.extend(catchup_chunks(&edge, &catchup));
+    let names: Vec<&str> = catchup.channels.iter().map(|c| c.as_str()).collect();
+    pending.push_back(event(
+        "subscribed",
+        Some(&session.token()),
+        &serde_json::json!({"channels": names, "cursor": catchup.cursor.to_string()}),
+    ));
     let period = edge.config.sse_heartbeat;
     let stream = Stream {
         session,
         heartbeat: tokio::time::interval_at(Instant::now() + period, period),
         pending,
+        catchup: Some(catchup),
+        steps: Vec::new(),
         batch: Vec::new(),
         done: false,
         expires: crate::auth::deadline(&edge, who.as_ref()),
@@ -105,32 +137,6 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-fn catchup_chunks(edge: &EdgeInner, c: &Catchup) -> Vec<Bytes> {
-    let names: Vec<&str> = c.channels.iter().map(|c| c.as_str()).collect();
-    let mut out = vec![event(
-        "subscribed",
-        Some(c.cursor),
-        &serde_json::json!({"channels": names, "cursor": c.cursor.to_string()}),
-    )];
-    for gap in &c.gaps {
-        edge.metrics
-            .gaps
-            .with_label_values(&[Protocol::Sse.as_str()])
-            .inc();
-        out.push(event(
-            "gap",
-            None,
-            &serde_json::json!({"channel": gap.as_str()}),
-        ));
-    }
-    let now = unix_micros();
-    for m in &c.messages {
-        out.push(m.sse_event().clone());
-        edge.metrics.delivered(Protocol::Sse, m.published_us, now);
-    }
-    out
-}
-
 async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
     loop {
         if let Some(chunk) = st.pending.pop_front() {
@@ -138,6 +144,22 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
         }
         if st.done {
             return None;
+        }
+        // The catch-up streams first, a batch at a time as it is read.
+        if let Some(mut catchup) = st.catchup.take() {
+            if st.session.catch_up(&mut catchup, &mut st.steps).await {
+                let Stream {
+                    session,
+                    steps,
+                    pending,
+                    ..
+                } = &mut st;
+                deliver::catch_up(session, Protocol::Sse, steps, |s, step| {
+                    encode(s, step, pending)
+                });
+                st.catchup = Some(catchup);
+            }
+            continue;
         }
         let outbox = st.session.reg.outbox.clone();
         let expires = st.expires;
@@ -151,59 +173,21 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
             r = outbox.next_batch(&mut st.batch) => match r {
                 Ok(bytes) => {
                     st.session.edge.metrics.outbox_queued_bytes.observe(bytes as f64);
-                    fill(&mut st)
+                    let Stream { session, batch, pending, .. } = &mut st;
+                    deliver::live(session, Protocol::Sse, batch, |s, step| encode(s, step, pending));
                 }
-                Err(Closed::SlowConsumer) => {
-                    st.session.reg.reason = CloseReason::SlowConsumer;
-                    st.pending.push_back(event("error", None, &serde_json::json!({
-                        "code": "slow_consumer",
-                        "message": "outbound queue full: reconnect and resume from your last id"
-                    })));
-                    st.done = true;
-                }
-                Err(Closed::Drain) => {
-                    st.session.reg.reason = CloseReason::Drain;
-                    st.pending.push_back(event("reconnect", None, &serde_json::json!({"reason": "draining"})));
-                    st.done = true;
-                }
+                Err(closed) => end(&mut st, Ending::of(closed)),
             },
-            () = expiry => {
-                st.pending.push_back(event("error", None, &serde_json::json!({
-                    "code": "token_expired",
-                    "message": "token expired: reconnect with a fresh token and your last id"
-                })));
-                st.done = true;
-            }
+            () = expiry => end(&mut st, Ending::TokenExpired),
             _ = st.heartbeat.tick() => st.pending.push_back(Bytes::from_static(b": heartbeat\n\n")),
         }
     }
 }
 
-fn fill(st: &mut Stream) {
-    let now = unix_micros();
-    let metrics = st.session.edge.metrics.clone();
-    crate::outbox::sort_batch(&mut st.batch);
-    for item in st.batch.drain(..) {
-        match item {
-            Item::Message(m) => {
-                if st.session.admit(&m) {
-                    st.pending.push_back(m.sse_event().clone());
-                    metrics.delivered(Protocol::Sse, m.published_us, now);
-                }
-            }
-            Item::Gap(c) => {
-                if st.session.is_subscribed(&c) {
-                    metrics
-                        .gaps
-                        .with_label_values(&[Protocol::Sse.as_str()])
-                        .inc();
-                    st.pending.push_back(event(
-                        "gap",
-                        None,
-                        &serde_json::json!({"channel": c.as_str()}),
-                    ));
-                }
-            }
-        }
-    }
+/// Queues the event that says why the stream ends; the stream ends after it.
+fn end(st: &mut Stream, ending: Ending) {
+    st.session.reg.reason = ending.close_reason();
+    st.pending
+        .push_back(event(ending.kind(), None, &ending.body()));
+    st.done = true;
 }

@@ -13,29 +13,23 @@ use std::{sync::Arc, time::Duration};
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use herald_auth::{AuthError, Principal};
-use herald_core::{ChannelName, Cursor, Protocol, unix_micros};
+use herald_core::{ChannelName, Cursor, Protocol, Since};
 use herald_telemetry::CloseReason;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::{
     EdgeError, EdgeInner,
-    outbox::{Closed, Item},
+    deliver::{self, Ending},
     params::ClientQuery,
     registry::Registration,
-    session::Session,
+    session::{Session, Step},
 };
 
-/// Close code: the node is going away; reconnect (RFC 6455 "Service Restart").
-const CLOSE_DRAINING: u16 = 1012;
-/// Close code: the client fell too far behind; reconnect and resume ("Try Again Later").
-const CLOSE_SLOW: u16 = 1013;
 /// Close code: a frame exceeded the size limit ("Message Too Big").
 const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: abuse such as a command flood ("Policy Violation").
 const CLOSE_POLICY: u16 = 1008;
-/// Close code: the client's token expired without a refresh (application range).
-const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Commands a connection may send in a burst before the rate applies.
 const COMMAND_BURST: f64 = 200.0;
 /// Sustained commands per second per connection.
@@ -45,12 +39,13 @@ const COMMAND_RATE: f64 = 50.0;
 struct RawCommand {
     op: Option<String>,
     channels: Option<Vec<String>>,
-    since: Option<String>,
+    /// A cursor or position token (string), or per-channel cursors (object).
+    since: Option<serde_json::Value>,
     token: Option<String>,
 }
 
 enum Command {
-    Subscribe(Vec<ChannelName>, Option<Cursor>),
+    Subscribe(Vec<ChannelName>, Since),
     Unsubscribe(Vec<ChannelName>),
     Ping,
     Auth(String),
@@ -63,9 +58,10 @@ fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> 
             "command is not a JSON object of the expected shape: {e}"
         ))
     })?;
-    let channels = |raw: RawCommand| -> Result<Vec<ChannelName>, EdgeError> {
+    let channels = |raw: &mut RawCommand| -> Result<Vec<ChannelName>, EdgeError> {
         let names = raw
             .channels
+            .take()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| bad("\"channels\" must be a non-empty list of channel names".into()))?;
         if names.len() > max_channels {
@@ -76,12 +72,14 @@ fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> 
             .map(|n| ChannelName::new(n))
             .collect::<Result<_, _>>()?)
     };
+    let mut raw = raw;
     match raw.op.as_deref() {
         Some("subscribe") => {
-            let since = raw.since.as_deref().map(str::parse::<Cursor>).transpose()?;
-            Ok(Command::Subscribe(channels(raw)?, since))
+            let channels = channels(&mut raw)?;
+            let since = parse_since(raw.since.take(), &channels)?;
+            Ok(Command::Subscribe(channels, since))
         }
-        Some("unsubscribe") => Ok(Command::Unsubscribe(channels(raw)?)),
+        Some("unsubscribe") => Ok(Command::Unsubscribe(channels(&mut raw)?)),
         Some("ping") => Ok(Command::Ping),
         Some("auth" | "refresh") => match raw.token {
             Some(t) if !t.is_empty() => Ok(Command::Auth(t)),
@@ -93,6 +91,38 @@ fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> 
         ))),
         None => Err(bad(
             "missing \"op\": expected subscribe, unsubscribe, ping or auth".into(),
+        )),
+    }
+}
+
+/// A subscribe command's `since`: absent (from now), a cursor or position token, or an object
+/// of per-channel cursors naming only channels of the command.
+fn parse_since(
+    since: Option<serde_json::Value>,
+    channels: &[ChannelName],
+) -> Result<Since, EdgeError> {
+    let bad = |m: &str| EdgeError::BadCommand(m.into());
+    match since {
+        None | Some(serde_json::Value::Null) => Ok(Since::Now),
+        Some(serde_json::Value::String(text)) => Ok(Since::parse(&text, channels)?),
+        Some(serde_json::Value::Object(map)) => {
+            let mut each = std::collections::BTreeMap::new();
+            for (name, cursor) in map {
+                let channel = ChannelName::new(&name)?;
+                if !channels.contains(&channel) {
+                    return Err(bad(
+                        "\"since\" names a channel that \"channels\" does not list",
+                    ));
+                }
+                let text = cursor
+                    .as_str()
+                    .ok_or_else(|| bad("\"since\" values must be message ids (strings)"))?;
+                each.insert(channel, text.parse::<Cursor>()?);
+            }
+            Ok(Since::Each(each))
+        }
+        Some(_) => Err(bad(
+            "\"since\" must be a cursor, a position token, or an object of per-channel cursors",
         )),
     }
 }
@@ -188,9 +218,14 @@ async fn serve(
     auth: &mut Auth,
 ) -> CloseReason {
     if !initial.channels.is_empty()
-        && Box::pin(subscribe(socket, session, &initial.channels, initial.since))
-            .await
-            .is_err()
+        && Box::pin(subscribe(
+            socket,
+            session,
+            &initial.channels,
+            &initial.since,
+        ))
+        .await
+        .is_err()
     {
         return CloseReason::Normal;
     }
@@ -212,18 +247,13 @@ async fn serve(
             }
         };
         tokio::select! {
-            () = expiry => {
-                let e = EdgeError::Unauthorized(AuthError::Expired);
-                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(error_frame(&e))).await;
-                close(socket, CLOSE_TOKEN_EXPIRED, "token expired").await;
-                return CloseReason::Normal;
-            }
+            () = expiry => return end(socket, Ending::TokenExpired).await,
             r = outbox.next_batch(&mut batch) => match r {
                 Ok(bytes) => {
                     edge.metrics.outbox_queued_bytes.observe(bytes as f64);
                     let kill = session.reg.kill.clone();
                     tokio::select! {
-                        written = write_batch(edge, socket, session, &mut batch) => {
+                        written = write_batch(socket, session, &mut batch) => {
                             if written.is_err() {
                                 return CloseReason::Normal;
                             }
@@ -232,19 +262,7 @@ async fn serve(
                         () = kill.cancelled() => return CloseReason::SlowConsumer,
                     }
                 }
-                Err(Closed::SlowConsumer) => {
-                    let e = serde_json::json!({"type": "error", "code": "slow_consumer",
-                        "message": "outbound queue full: reconnect and resume from your last id"});
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame(e))).await;
-                    close(socket, CLOSE_SLOW, "slow consumer").await;
-                    return CloseReason::SlowConsumer;
-                }
-                Err(Closed::Drain) => {
-                    let f = frame(serde_json::json!({"type": "reconnect", "reason": "draining"}));
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(f)).await;
-                    close(socket, CLOSE_DRAINING, "draining").await;
-                    return CloseReason::Drain;
-                }
+                Err(closed) => return end(socket, Ending::of(closed)).await,
             },
             incoming = socket.recv() => {
                 last_heard = Instant::now();
@@ -292,6 +310,16 @@ async fn serve(
     }
 }
 
+/// Tells the client why the server ends the connection, then closes with the ending's code.
+async fn end(socket: &mut WebSocket, ending: Ending) -> CloseReason {
+    let mut body = ending.body();
+    body["type"] = ending.kind().into();
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame(body))).await;
+    let (code, reason) = ending.ws_close();
+    close(socket, code, reason).await;
+    ending.close_reason()
+}
+
 fn is_capacity(e: &axum::Error) -> bool {
     let text = e.to_string();
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
@@ -313,7 +341,7 @@ async fn command(
                 body["channels"] = channels.iter().map(|c| c.as_str()).collect();
                 return socket.send(frame(body)).await;
             }
-            subscribe(socket, session, &channels, since).await
+            subscribe(socket, session, &channels, &since).await
         }
         Ok(Command::Auth(token)) => authenticate(edge, socket, session, auth, &token).await,
         Ok(Command::Unsubscribe(channels)) => {
@@ -401,9 +429,9 @@ async fn subscribe(
     socket: &mut WebSocket,
     session: &mut Session,
     channels: &[ChannelName],
-    since: Option<Cursor>,
+    since: &Since,
 ) -> Result<(), axum::Error> {
-    let catchup = match session.subscribe(channels, since, None).await {
+    let mut catchup = match session.subscribe(channels, since).await {
         Ok(c) => c,
         Err(e) => {
             session.edge.metrics.refuse(e.refusal());
@@ -413,70 +441,50 @@ async fn subscribe(
             return socket.send(frame(body)).await;
         }
     };
-    let names: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
+    let names: Vec<&str> = catchup.channels.iter().map(|c| c.as_str()).collect();
     socket
-        .feed(frame(serde_json::json!({
+        .send(frame(serde_json::json!({
             "type": "subscribed", "channels": names, "cursor": catchup.cursor.to_string()
         })))
         .await?;
-    let metrics = &session.edge.metrics;
-    for gap in &catchup.gaps {
-        metrics
-            .gaps
-            .with_label_values(&[Protocol::WebSocket.as_str()])
-            .inc();
-        socket
-            .feed(frame(
-                serde_json::json!({"type": "gap", "channel": gap.as_str()}),
-            ))
-            .await?;
+    // The catch-up streams: each batch goes out as soon as it is read.
+    let mut steps = Vec::new();
+    while session.catch_up(&mut catchup, &mut steps).await {
+        let mut frames = Vec::with_capacity(steps.len());
+        deliver::catch_up(session, Protocol::WebSocket, &mut steps, |_, step| {
+            frames.push(encode(step));
+        });
+        for f in frames {
+            socket.feed(f).await?;
+        }
+        socket.flush().await?;
     }
-    let now = unix_micros();
-    for m in &catchup.messages {
-        socket.feed(text_frame(m.ws_frame())).await?;
-        metrics.delivered(Protocol::WebSocket, m.published_us, now);
-    }
-    socket.flush().await
+    Ok(())
 }
 
-fn text_frame(bytes: &bytes::Bytes) -> WsMessage {
-    // Message frames are built from validated JSON and ASCII names: always UTF-8.
-    WsMessage::Text(
-        Utf8Bytes::try_from(bytes.clone()).unwrap_or_else(|_| Utf8Bytes::from_static("{}")),
-    )
+/// The WebSocket frame of a delivery.
+fn encode(step: &Step) -> WsMessage {
+    match step {
+        // Message frames are built from validated JSON and ASCII names: always UTF-8.
+        Step::Message(m) => WsMessage::Text(
+            Utf8Bytes::try_from(m.ws_frame().clone())
+                .unwrap_or_else(|_| Utf8Bytes::from_static("{}")),
+        ),
+        Step::Gap(c) => frame(serde_json::json!({"type": "gap", "channel": c.as_str()})),
+    }
 }
 
 async fn write_batch(
-    edge: &EdgeInner,
     socket: &mut WebSocket,
     session: &mut Session,
-    batch: &mut Vec<Item>,
+    batch: &mut Vec<crate::outbox::Item>,
 ) -> Result<(), axum::Error> {
-    crate::outbox::sort_batch(batch);
-    let now = unix_micros();
-    for item in batch.drain(..) {
-        match item {
-            Item::Message(m) => {
-                if session.admit(&m) {
-                    socket.feed(text_frame(m.ws_frame())).await?;
-                    edge.metrics
-                        .delivered(Protocol::WebSocket, m.published_us, now);
-                }
-            }
-            Item::Gap(c) => {
-                if session.is_subscribed(&c) {
-                    edge.metrics
-                        .gaps
-                        .with_label_values(&[Protocol::WebSocket.as_str()])
-                        .inc();
-                    socket
-                        .feed(frame(
-                            serde_json::json!({"type": "gap", "channel": c.as_str()}),
-                        ))
-                        .await?;
-                }
-            }
-        }
+    let mut frames = Vec::with_capacity(batch.len());
+    deliver::live(session, Protocol::WebSocket, batch, |_, step| {
+        frames.push(encode(step));
+    });
+    for f in frames {
+        socket.feed(f).await?;
     }
     socket.flush().await
 }
@@ -511,7 +519,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_command(r#"{"op":"subscribe","channels":["a","b"],"since":"12"}"#, 10),
-            Ok(Command::Subscribe(c, Some(Cursor(12)))) if c.len() == 2
+            Ok(Command::Subscribe(c, Since::All(Cursor(12)))) if c.len() == 2
         ));
         for (bad, needle) in [
             ("not json", "not a JSON object"),
@@ -528,6 +536,22 @@ mod tests {
                 "invalid cursor",
             ),
             (r#"{"op":"subscribe","channels":"a"}"#, "expected shape"),
+            (
+                r#"{"op":"subscribe","channels":["a"],"since":{"b":"1"}}"#,
+                "does not list",
+            ),
+            (
+                r#"{"op":"subscribe","channels":["a"],"since":{"a":1}}"#,
+                "must be message ids",
+            ),
+            (
+                r#"{"op":"subscribe","channels":["a"],"since":{"a":"x"}}"#,
+                "invalid cursor",
+            ),
+            (
+                r#"{"op":"subscribe","channels":["a"],"since":[1]}"#,
+                "per-channel",
+            ),
         ] {
             let e = parse_command(bad, 10)
                 .err()

@@ -119,8 +119,11 @@ pub struct Metrics {
     pub broker_reconnects: IntCounter,
     /// Broker publish call duration, seconds.
     pub broker_publish_duration: Histogram,
-    /// History reads issued to the broker (resumes, polls, repairs).
+    /// History reads issued to the broker (resumes, polls, repairs, cache fills).
     pub history_reads: IntCounter,
+    /// Resumes and polls looked up in the node's recent-message caches, by `result`
+    /// (`hit`: served from memory; `miss`: the broker was read).
+    pub recent_cache: IntCounterVec,
     /// Clients disconnected because their outbound queue overflowed, by protocol.
     pub slow_consumer_disconnects: IntCounterVec,
     /// Gap signals sent to clients, by protocol.
@@ -232,7 +235,12 @@ impl Metrics {
             )?,
             history_reads: counter(
                 "herald_history_reads_total",
-                "History reads issued to the broker (resumes, polls, repairs).",
+                "History reads issued to the broker (resumes, polls, repairs, cache fills).",
+            )?,
+            recent_cache: counter_vec(
+                "herald_recent_cache_lookups_total",
+                "Resume and poll positions looked up in the node's recent-message caches, by result (hit: served from memory, miss: read from the broker).",
+                &["result"],
             )?,
             slow_consumer_disconnects: counter_vec(
                 "herald_slow_consumer_disconnects_total",
@@ -308,6 +316,9 @@ impl Metrics {
         }
         for b in BROKER_KINDS {
             m.broker_info.with_label_values(&[b]);
+        }
+        for r in ["hit", "miss"] {
+            m.recent_cache.with_label_values(&[r]);
         }
         for method in GRPC_METHODS {
             m.grpc_duration.with_label_values(&[method]);
