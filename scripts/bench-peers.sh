@@ -115,7 +115,7 @@ if [ "$WHAT" = storm ] || [ "$WHAT" = all ]; then
   echo "==> reconnect storm: $SUBS WebSocket clients resume at once after missing 50 messages"
   start_server herald
   timeout 240 $BENCH storm --addr "$ADDR" --grpc "$PUB" --clients "$SUBS" --missed 50 \
-    --sources 127.0.0.2-127.0.0.9 --pid "$HERALD_PID" | tail -1 | tee "$OUT/storm.json" || echo "   (failed)"
+    --sources 127.0.0.2-127.0.0.9 --pid "$HERALD_PID" --admin 127.0.0.1:29464 | tail -1 | tee "$OUT/storm.json" || echo "   (failed)"
   stop_server
 fi
 

@@ -8,6 +8,8 @@
 //! - history: a resume read of 50 messages from a channel among 1,000 in the memory broker.
 //! - fanout: one publish delivered to 1,000 live subscriptions of one channel.
 //! - token: verifying an HS256 client token (once per connection or refresh).
+//! - position: the SSE `id:` of a stream of 1, 16 or 100 channels (once per delivered event
+//!   on multi-channel SSE streams), and its size.
 
 use std::{
     hint::black_box,
@@ -46,7 +48,30 @@ fn payload() -> Payload {
     .expect("valid payload")
 }
 
+/// Positions of `k` channels as a busy stream has them: every channel a little ahead of the
+/// slowest (the worst case for the token's size).
+fn positions(k: usize) -> std::collections::BTreeMap<ChannelName, Cursor> {
+    (0..k)
+        .map(|i| {
+            let name = ChannelName::new(&format!("user:{i}:events")).expect("channel");
+            (name, Cursor(1_795_000_000_000_000 + (i as u64) * 7_919))
+        })
+        .collect()
+}
+
 fn main() {
+    for k in [1, 16, 100] {
+        let p = positions(k);
+        let size = herald_core::position::encode(&p).len();
+        measure(
+            &format!("position: SSE id of {k} channels ({size} bytes)"),
+            20,
+            10_000,
+            || {
+                black_box(herald_core::position::encode(black_box(&p)));
+            },
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

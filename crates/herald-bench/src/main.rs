@@ -6,10 +6,15 @@
 //!   rate with a timestamp and sequence in every payload, and reports deliveries per second,
 //!   latency percentiles, lost and duplicated messages, and server CPU per delivery.
 //! - `publish`: publishes per second through gRPC, unary or `PublishStream`.
+//! - `storm`: N WebSocket clients resume one channel at once (over one or more nodes), with
+//!   the broker reads it cost (from each node's metrics).
+//! - `catchup`: a resume N messages back: time to the first message, backlog rate, and
+//!   progress with short-lived connections.
 //!
 //! `idle` and `fanout` also drive the peers (`--target nchan|socketio|pushpin`) with the same
 //! clients and measurements, so figures can be compared in one run (scripts/bench-peers.sh).
 
+mod catchup;
 mod peers;
 mod publish;
 mod storm;
@@ -109,8 +114,9 @@ enum Cmd {
     /// Reconnect storm: N WebSocket clients resume at once with a cursor after missing
     /// messages; time until all caught up, lost and duplicated messages.
     Storm {
-        #[arg(long)]
-        addr: SocketAddr,
+        /// Client address of a node; repeat for several (clients are spread over them).
+        #[arg(long, required = true)]
+        addr: Vec<SocketAddr>,
         /// gRPC endpoint, e.g. http://127.0.0.1:50051.
         #[arg(long)]
         grpc: String,
@@ -121,6 +127,27 @@ enum Cmd {
         missed: u64,
         #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
         sources: String,
+        /// PID of each server process (CPU); repeat for several.
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// Admin address of each node (its broker reads are read from /metrics).
+        #[arg(long)]
+        admin: Vec<SocketAddr>,
+    },
+    /// Catch-up: resume one channel N messages back; time to the first message, rate of the
+    /// whole backlog, and progress with short-lived connections.
+    Catchup {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// gRPC endpoint, e.g. http://127.0.0.1:50051.
+        #[arg(long)]
+        grpc: String,
+        /// Backlog size.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Lifetime of each short connection, ms.
+        #[arg(long, default_value_t = 150)]
+        connection_ms: u64,
         /// PID of the server (CPU).
         #[arg(long)]
         pid: Option<u32>,
@@ -525,13 +552,31 @@ async fn main() -> anyhow::Result<()> {
             missed,
             sources: s,
             pid,
+            admin,
         } => {
             storm::run(storm::Storm {
-                addr,
+                addrs: addr,
                 grpc,
                 clients,
                 missed,
                 sources: sources(&s)?,
+                pids: pid,
+                admins: admin,
+            })
+            .await
+        }
+        Cmd::Catchup {
+            addr,
+            grpc,
+            messages,
+            connection_ms,
+            pid,
+        } => {
+            catchup::run(catchup::Catchup {
+                addr,
+                grpc,
+                messages,
+                connection_ms,
                 pid,
             })
             .await

@@ -1,7 +1,8 @@
 //! Reconnect storm: N WebSocket clients of one channel go away together, messages are
-//! published while they are away, and all come back at once resuming from their last cursor.
-//! Measures the time until every client has caught up, and counts lost and duplicated
-//! messages (each client must get exactly the missed ones, in order).
+//! published while they are away, and all come back at once resuming from their last cursor
+//! (spread over the given nodes). Measures the time until every client has caught up, counts
+//! lost and duplicated messages (each client must get exactly the missed ones, in order), and
+//! the broker history reads the nodes made for it (`herald_history_reads_total`).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,12 +15,30 @@ use crate::{client_ws_config, connect_from, now_us, peers::payloads};
 
 /// Settings of one storm.
 pub(crate) struct Storm {
-    pub(crate) addr: SocketAddr,
+    pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) grpc: String,
     pub(crate) clients: usize,
     pub(crate) missed: u64,
     pub(crate) sources: Vec<std::net::IpAddr>,
-    pub(crate) pid: Option<u32>,
+    pub(crate) pids: Vec<u32>,
+    pub(crate) admins: Vec<SocketAddr>,
+}
+
+/// Sum of `herald_history_reads_total` over the nodes' admin ports.
+async fn history_reads(admins: &[SocketAddr]) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for a in admins {
+        let text = reqwest::get(format!("http://{a}/metrics"))
+            .await?
+            .text()
+            .await?;
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_history_reads_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .context("herald_history_reads_total missing")?;
+    }
+    Ok(total)
 }
 
 async fn publish(
@@ -89,14 +108,16 @@ pub(crate) async fn run(s: Storm) -> anyhow::Result<()> {
         publish(&mut grpc, &channel, seq).await?;
     }
     // All clients come back at once with the cursor of the first message.
-    let cpu0 = s.pid.map(crate::cpu_seconds).unwrap_or(0.0);
+    let cpu = || s.pids.iter().map(|p| crate::cpu_seconds(*p)).sum::<f64>();
+    let cpu0 = cpu();
+    let reads0 = history_reads(&s.admins).await?;
     let go = Arc::new(tokio::sync::Barrier::new(s.clients));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(s.clients);
     for i in 0..s.clients {
         let (src, addr, channel, first, go) = (
             s.sources[i % s.sources.len()],
-            s.addr,
+            s.addrs[i % s.addrs.len()],
             channel.clone(),
             first.clone(),
             go.clone(),
@@ -140,11 +161,13 @@ pub(crate) async fn run(s: Storm) -> anyhow::Result<()> {
             .copied()
             .unwrap_or(0.0)
     };
-    let cpu = s.pid.map(crate::cpu_seconds).unwrap_or(0.0) - cpu0;
+    let cpu = cpu() - cpu0;
+    let reads = history_reads(&s.admins).await? - reads0;
     println!(
         "{}",
         serde_json::json!({
             "scenario": "reconnect_storm", "clients": s.clients, "missed_per_client": s.missed,
+            "nodes": s.addrs.len(), "broker_history_reads": reads,
             "caught_up_exactly": caught_up, "failed": failed, "lost": lost, "duplicates": dups,
             "all_caught_up_ms": last.duration_since(started).as_secs_f64() * 1000.0,
             "catch_up_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},

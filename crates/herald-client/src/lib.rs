@@ -1,11 +1,17 @@
 //! A client for Herald's client protocol v1 (docs/protocol.md): subscribe to channels over
 //! WebSocket, SSE, long-poll or interval poll and read [`Event`]s.
 //!
-//! The [`Subscriber`] keeps the last cursor it delivered. When a node tells it to go (drain),
-//! or the connection breaks, it moves to the next base URL (round robin) and resumes from
-//! that cursor, so nothing is lost and nothing repeats.
+//! The [`Subscriber`] keeps its position in every channel (the last message id it delivered
+//! on each, or where it subscribed). When a node tells it to go (drain), or the connection
+//! breaks, it moves to the next base URL (round robin) and resumes every channel from its
+//! position, so nothing is lost and nothing repeats, whatever the moment of the break.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
+
+use herald_core::{ChannelName, Cursor, Since};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -152,9 +158,13 @@ pub struct Subscriber {
     conn: Conn,
     /// Index into `opts.urls` of the node in use.
     url: usize,
-    /// Where a reconnect resumes: the last delivered message's cursor (or the node's cursor
-    /// when nothing was delivered yet).
-    cursor: Option<String>,
+    /// The channels, validated (positions are kept for these).
+    channels: Vec<ChannelName>,
+    /// Where a reconnect resumes each channel: the last delivered message's id on it, or the
+    /// cursor it was subscribed at. Empty until the first `subscribed` (or poll reply).
+    positions: BTreeMap<ChannelName, Cursor>,
+    /// The last SSE `id:` seen (the stream's position token), for an SSE reconnect.
+    sse_id: Option<String>,
     queue: VecDeque<Event>,
     /// Consecutive failed connection attempts (for backoff).
     failures: u32,
@@ -163,8 +173,20 @@ pub struct Subscriber {
 impl Subscriber {
     /// A subscriber; nothing is connected until the first [`Subscriber::next`].
     pub fn new(opts: SubscribeOptions) -> Self {
+        let channels: Vec<ChannelName> = opts
+            .channels
+            .iter()
+            .filter_map(|c| ChannelName::new(c).ok())
+            .collect();
+        let positions = match opts.since.as_deref().map(|s| Since::parse(s, &channels)) {
+            Some(Ok(Since::All(c))) => channels.iter().map(|ch| (ch.clone(), c)).collect(),
+            Some(Ok(Since::Each(map))) => map,
+            _ => BTreeMap::new(),
+        };
         Self {
-            cursor: opts.since.clone(),
+            channels,
+            positions,
+            sse_id: None,
             opts,
             http: reqwest::Client::new(),
             conn: Conn::None,
@@ -174,9 +196,12 @@ impl Subscriber {
         }
     }
 
-    /// The resume cursor: the last delivered message's id (or the starting point).
-    pub fn cursor(&self) -> Option<&str> {
-        self.cursor.as_deref()
+    /// Where a resume would start, as a position token for all the channels (a plain cursor
+    /// when they all stand at one): what `--since` takes. `None` before the first
+    /// subscription when no `since` was given.
+    pub fn position(&self) -> Option<String> {
+        (self.positions.len() == self.channels.len() && !self.channels.is_empty())
+            .then(|| herald_core::position::encode(&self.positions))
     }
 
     /// The base URL in use.
@@ -193,8 +218,13 @@ impl Subscriber {
         for c in &self.opts.channels {
             q.append_pair("channel", c);
         }
-        if let Some(c) = &self.cursor {
-            q.append_pair("since", c);
+        let since = match (&self.sse_id, self.opts.protocol) {
+            // The stream's own last id is exactly its position.
+            (Some(id), Protocol::Sse) => Some(id.clone()),
+            _ => self.position().or_else(|| self.opts.since.clone()),
+        };
+        if let Some(c) = since {
+            q.append_pair("since", &c);
         }
         if let Some(w) = wait {
             q.append_pair("wait", &w.to_string());
@@ -216,9 +246,19 @@ impl Subscriber {
 
     fn deliver(&mut self, event: Event) -> Event {
         match &event {
-            Event::Message(m) => self.cursor = Some(m.id.clone()),
-            Event::Subscribed { cursor: Some(c) } if self.cursor.is_none() => {
-                self.cursor = Some(c.clone())
+            Event::Message(m) => {
+                if let (Ok(c), Ok(id)) = (ChannelName::new(&m.channel), m.id.parse::<Cursor>()) {
+                    self.positions.insert(c, id);
+                }
+            }
+            Event::Subscribed { cursor: Some(c) } => {
+                // Channels subscribed from now stand at the node's cursor; resumed ones keep
+                // their position until their first message.
+                if let Ok(at) = c.parse::<Cursor>() {
+                    for ch in &self.channels {
+                        self.positions.entry(ch.clone()).or_insert(at);
+                    }
+                }
             }
             _ => {}
         }
@@ -370,7 +410,11 @@ impl Subscriber {
                 if let Some(end) = find_event_end(buf) {
                     let block: Vec<u8> = buf.drain(..end.1).collect();
                     let text = String::from_utf8_lossy(&block[..end.0]).replace('\r', "");
-                    if let Some(e) = parse_sse(&text)? {
+                    let (event, id) = parse_sse(&text)?;
+                    if let Some(id) = id {
+                        self.sse_id = Some(id);
+                    }
+                    if let Some(e) = event {
                         return Ok(Some(e));
                     }
                     continue;
@@ -404,7 +448,7 @@ impl Subscriber {
             .json()
             .await
             .map_err(|e| ClientError::Transport(format!("bad poll reply: {e}")))?;
-        let first = self.cursor.is_none();
+        let first = self.position().is_none();
         for c in &reply.gaps {
             self.queue.push_back(Event::Gap { channel: c.clone() });
         }
@@ -417,7 +461,15 @@ impl Subscriber {
         for m in reply.messages {
             self.queue.push_back(Event::Message(m));
         }
-        self.cursor = Some(reply.cursor.clone());
+        match Since::parse(&reply.cursor, &self.channels) {
+            Ok(Since::All(at)) => {
+                for ch in &self.channels {
+                    self.positions.insert(ch.clone(), at);
+                }
+            }
+            Ok(Since::Each(map)) => self.positions = map,
+            _ => return Err(ClientError::Transport("bad poll cursor".into())),
+        }
         if first {
             self.queue.push_front(Event::Subscribed {
                 cursor: Some(reply.cursor),
@@ -455,10 +507,13 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-fn parse_sse(block: &str) -> Result<Option<Event>, ClientError> {
-    let (mut event, mut data) = ("message", String::new());
+/// One SSE event block: what it tells, and its `id:` (the stream's position after it).
+fn parse_sse(block: &str) -> Result<(Option<Event>, Option<String>), ClientError> {
+    let (mut event, mut data, mut id) = ("message", String::new(), None);
     for line in block.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = Some(v.strip_prefix(' ').unwrap_or(v).to_owned());
+        } else if let Some(v) = line.strip_prefix("event:") {
             event = v.trim_start();
         } else if let Some(v) = line.strip_prefix("data:") {
             if !data.is_empty() {
@@ -468,10 +523,10 @@ fn parse_sse(block: &str) -> Result<Option<Event>, ClientError> {
         }
     }
     if data.is_empty() && event == "message" {
-        return Ok(None); // comment / retry-only block
+        return Ok((None, id)); // comment / retry-only block
     }
     let v: serde_json::Value = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
-    Ok(Some(match event {
+    let event = match event {
         "message" => Event::Message(
             serde_json::from_value(v)
                 .map_err(|e| ClientError::Transport(format!("bad SSE message: {e}")))?,
@@ -494,8 +549,9 @@ fn parse_sse(block: &str) -> Result<Option<Event>, ClientError> {
                 v["message"].as_str().unwrap_or("")
             )));
         }
-        _ => return Ok(None),
-    }))
+        _ => return Ok((None, id)),
+    };
+    Ok((Some(event), id))
 }
 
 #[cfg(test)]
@@ -504,14 +560,14 @@ mod tests {
 
     #[test]
     fn sse_blocks_parse() {
-        let e = parse_sse(
-            "id: 5\nevent: message\ndata: {\"channel\":\"a\",\"id\":\"5\",\"data\":1,\"ts\":2}",
+        let (e, id) = parse_sse(
+            "id: 3_x_0.2\nevent: message\ndata: {\"channel\":\"a\",\"id\":\"5\",\"data\":1,\"ts\":2}",
         )
-        .unwrap()
         .unwrap();
-        assert!(matches!(e, Event::Message(m) if m.id == "5"));
-        assert_eq!(parse_sse(": heartbeat").unwrap(), None);
-        assert_eq!(parse_sse("retry: 2000").unwrap(), None);
+        assert!(matches!(e, Some(Event::Message(m)) if m.id == "5"));
+        assert_eq!(id.as_deref(), Some("3_x_0.2"));
+        assert_eq!(parse_sse(": heartbeat").unwrap(), (None, None));
+        assert_eq!(parse_sse("retry: 2000").unwrap(), (None, None));
         assert!(parse_sse("event: reconnect\ndata: {\"reason\":\"draining\"}").is_err());
         assert_eq!(find_event_end(b"a\n\nb"), Some((1, 3)));
     }

@@ -14,7 +14,8 @@ pub(crate) struct SubscribeArgs {
     /// websocket, sse, longpoll or poll.
     #[arg(long, default_value = "websocket")]
     protocol: Protocol,
-    /// Resume after this cursor (default: from now).
+    /// Resume from this position: a message id or cursor for every channel, or a position token
+    /// (what the `reconnecting` lines print) [default: from now].
     #[arg(long)]
     since: Option<String>,
     /// Base URL of a node's client port; repeat for failover (used in turn after a drain).
@@ -71,7 +72,7 @@ pub(crate) async fn subscribe(a: SubscribeArgs) -> anyhow::Result<()> {
                     eprintln!(
                         "{}",
                         serde_json::json!({"type": "reconnecting", "reason": reason,
-                            "next_url": sub.current_url(), "cursor": sub.cursor()})
+                            "next_url": sub.current_url(), "position": sub.position()})
                     );
                 }
                 continue;
