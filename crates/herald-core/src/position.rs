@@ -213,6 +213,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_encodes_as_shown() {
+        // docs/protocol.md: channel a one message ahead of b.
+        let p = positions(&[("a", 1_795_467_571_318_347), ("b", 1_795_467_571_318_000)]);
+        assert_eq!(encode(&p), "1795467571318000_bch440_0.9n");
+    }
+
+    #[test]
     fn a_token_of_another_set_is_refused() {
         let token = encode(&positions(&[("a", 1), ("b", 2)]));
         let e = Since::parse(&token, &[ch("a"), ch("c")]).unwrap_err();
