@@ -628,6 +628,23 @@ async fn abuse_stays_bounded_and_others_are_served() {
         .await;
     assert_eq!(ws.expect_type("error").await["code"], "too_many_channels");
     ws.ping().await;
+    // Over the cap in two commands (60 + 60 of 100): refused once, counted once.
+    let series = r#"herald_requests_refused_total{reason="too_many_channels"}"#;
+    let before = metric_value(&node, series).await;
+    ws.subscribe(
+        &names(60).iter().map(String::as_str).collect::<Vec<_>>(),
+        None,
+    )
+    .await;
+    let more: Vec<String> = (60..120).map(|i| format!("c{i}")).collect();
+    ws.send_json(json!({"op": "subscribe", "channels": more}))
+        .await;
+    assert_eq!(ws.expect_type("error").await["code"], "too_many_channels");
+    assert_eq!(
+        metric_value(&node, series).await - before,
+        1.0,
+        "one refusal, counted once"
+    );
     ws.send_json(json!({"op": "subscribe", "channels": names(10_000)}))
         .await;
     let (_, end) = ws.read_to_end(TIMEOUT).await;
