@@ -441,7 +441,7 @@ async fn subscribe(
             return socket.send(frame(body)).await;
         }
     };
-    let names: Vec<&str> = catchup.channels.iter().map(|c| c.as_str()).collect();
+    let names: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
     socket
         .send(frame(serde_json::json!({
             "type": "subscribed", "channels": names, "cursor": catchup.cursor.to_string()
