@@ -35,7 +35,7 @@ use std::{
 use herald_e2e::{
     Msg, Node, SseClient, StatusCode, WsClient, channel,
     cluster::{nats_node, start_nats},
-    poll, poll_cursor, poll_msgs, query,
+    poll, poll_msgs, query,
     resume::{Ledger, Publishers, Rng, seed},
     within,
 };
@@ -118,6 +118,15 @@ enum Break {
     AfterFrames(u64),
     /// After this long.
     After(Duration),
+}
+
+/// A poll reply's `cursor`, sent back as it is (a cursor or a position token: opaque).
+fn reply_cursor(body: &Value) -> String {
+    body["cursor"]
+        .as_str()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| panic!("poll reply without a cursor: {body}"))
+        .to_owned()
 }
 
 /// A held connection.
@@ -278,7 +287,7 @@ impl<'a> Client<'a> {
             let (status, body) = poll(node, &query(&self.names(), None)).await;
             assert_eq!(status, StatusCode::OK, "first poll: {body}");
             assert!(poll_msgs(&body).is_empty(), "nothing published yet: {body}");
-            self.poll_cursor = Some(poll_cursor(&body));
+            self.poll_cursor = Some(reply_cursor(&body));
             return;
         }
         let mut conn = self.open().await;
@@ -383,7 +392,7 @@ impl<'a> Client<'a> {
         for m in poll_msgs(&body) {
             self.ledger.record(&m);
         }
-        self.poll_cursor = Some(poll_cursor(&body));
+        self.poll_cursor = Some(reply_cursor(&body));
     }
 
     /// After publishing: resume once more and take everything still owed.
