@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod observe;
+pub mod resume;
 
 use std::{
     fs::File,
