@@ -282,3 +282,76 @@ async fn resumes_near_the_head_stay_exact_across_a_nats_restart() {
         "some resumes were served from memory"
     );
 }
+
+/// Publishes `per_channel` messages to each of `channels`, interleaved, over 8 concurrent
+/// unary publishers; returns every cursor per channel, in order.
+async fn backlog(node: &Node, channels: &[String], per_channel: usize) -> Vec<Vec<u64>> {
+    let mut tasks = Vec::new();
+    for (i, ch) in channels.iter().enumerate() {
+        let mut p = Publisher::connect(node).await;
+        let ch = ch.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(per_channel);
+            for n in 0..per_channel {
+                ids.push(cursor(&p.publish(&ch, &json!({"ch": i, "n": n})).await));
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.expect("publisher"));
+    }
+    all
+}
+
+/// A resume far back over several channels: several pages per channel, merged in cursor
+/// order, every message once, on WebSocket and SSE.
+async fn deep_resume(node: &Node) {
+    let channels: Vec<String> = (0..3).map(|_| channel("deep")).collect();
+    let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let mut p = Publisher::connect(node).await;
+    let start = p.publish(&channels[0], &json!("start")).await;
+    let sent = backlog(node, &channels, 1200).await;
+    let total: usize = sent.iter().map(Vec::len).sum();
+    let mut want: Vec<u64> = sent.iter().flatten().copied().collect();
+    want.sort_unstable();
+
+    let mut ws = WsClient::connect(node, &query(&names, Some(&start))).await;
+    ws.expect_type("subscribed").await;
+    let got: Vec<u64> = ws.next_msgs(total).await.iter().map(|m| m.id).collect();
+    assert_eq!(
+        got, want,
+        "WebSocket: every message once, merged in cursor order"
+    );
+
+    let mut sse = herald_e2e::SseClient::connect(node, &query(&names, Some(&start)), &[]).await;
+    sse.expect_event("subscribed").await;
+    let got: Vec<u64> = sse.next_msgs(total).await.iter().map(|m| m.id).collect();
+    assert_eq!(got, want, "SSE: every message once, merged in cursor order");
+    // The stream's last id resumes all three channels past everything.
+    let last = sse.last_id.clone().expect("id lines");
+    drop(sse);
+    let after = p.publish(&channels[2], &json!("after")).await;
+    let mut sse = herald_e2e::SseClient::connect(
+        node,
+        &query(&names, None),
+        &[("Last-Event-ID", last.as_str())],
+    )
+    .await;
+    sse.expect_event("subscribed").await;
+    assert_eq!(sse.next_msg().await.id, cursor(&after), "nothing repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deep_resume_over_several_channels_streams_every_message_once_on_the_memory_broker() {
+    let node = Node::start(&[("HERALD_HISTORY_SIZE", "100000")]).await;
+    deep_resume(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deep_resume_over_several_channels_streams_every_message_once_on_nats() {
+    let nats = cluster::start_nats();
+    let node = cluster::nats_node(&nats, "deep", &[("HERALD_HISTORY_SIZE", "100000")]).await;
+    deep_resume(&node).await;
+}
