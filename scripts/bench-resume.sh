@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 BACKLOG=${1:-20000}
 CLIENTS=${2:-10000}
 ulimit -n 20000
-cargo build --release -q -p herald -p herald-bench
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p herald -p herald-bench
 HERALD=${HERALD_BIN:-./target/release/herald}
 BENCH=./target/release/herald-bench
 OUT=${OUT:-target/bench}

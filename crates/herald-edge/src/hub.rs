@@ -52,6 +52,9 @@ pub(crate) struct RecentLimits {
     pub(crate) max_age: Duration,
 }
 
+/// Most messages one fill reads (one broker call).
+const FILL_PAGE: usize = 500;
+
 /// Cached messages this close to the age limit are left to the broker: clocks of the node
 /// that stamped a message and of the broker that expires it may differ a little.
 const AGE_MARGIN: Duration = Duration::from_secs(2);
@@ -407,35 +410,35 @@ impl Hub {
         };
         let mut got: Vec<Arc<Message>> = Vec::new();
         let mut bytes = 0;
-        let mut after = since;
-        'read: loop {
-            self.metrics.history_reads.inc();
-            let query = HistoryQuery {
-                after,
-                limit: self.repair_batch,
-            };
-            let page = match self.broker.history(&slot.channel, query).await {
-                Ok(page) if !page.gap => page,
-                // A gap is the broker's to report, with the messages after it.
-                _ => return false,
-            };
-            let full = page.messages.len() >= self.repair_batch;
-            for m in page.messages {
-                if m.cursor > floor {
-                    break 'read; // joined up with the cached window
-                }
-                after = m.cursor;
-                bytes += m.wire_size();
-                got.push(m);
-            }
-            if got.len() > self.recent.messages || bytes > self.recent.channel_bytes {
-                return false;
-            }
-            if !full || after >= floor {
-                break;
-            }
+        // One page at most: a fill is for positions just below the window (a storm after a
+        // deploy or a blip); a deeper resume reads the broker itself, page by page.
+        let limit = FILL_PAGE.min(self.recent.messages);
+        if limit == 0 {
+            return false;
         }
-        if got.len() > self.recent.messages || bytes > self.recent.channel_bytes {
+        self.metrics.history_reads.inc();
+        let query = HistoryQuery {
+            after: since,
+            limit,
+        };
+        let page = match self.broker.history(&slot.channel, query).await {
+            Ok(page) if !page.gap => page,
+            // A gap is the broker's to report, with the messages after it.
+            _ => return false,
+        };
+        let reached =
+            page.messages.len() < limit || page.messages.iter().any(|m| m.cursor >= floor);
+        if !reached {
+            return false;
+        }
+        for m in page.messages {
+            if m.cursor > floor {
+                break; // joined up with the cached window
+            }
+            bytes += m.wire_size();
+            got.push(m);
+        }
+        if bytes > self.recent.channel_bytes {
             return false;
         }
         let mut members = slot.members.lock();
