@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Browser SDK checks: the SDK's minified+gzipped size, then clients/js/test/browser.test.cjs in
-# Debian's headless chromium (playwright-core from npm) against real herald nodes and a real
-# nats-server. Needs: chromium, nats-server, node/npm (scripts/test.sh installs them) and a
-# built target/debug/herald (HERALD_BIN to use another).
+# Browser SDK checks: the SDK's minified+gzipped size, then clients/js/test/browser.test.cjs and
+# clients/js/test/resume.test.cjs in Debian's headless chromium (playwright-core from npm)
+# against real herald nodes and a real nats-server. Needs: chromium, nats-server, node/npm
+# (scripts/test.sh installs them) and a built target/debug/herald (HERALD_BIN to use another).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,3 +26,5 @@ echo "==> herald.js: $raw bytes source, $size bytes minified+gzipped"
 echo "==> browser tests (headless chromium, real nodes, real nats-server)"
 NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" SCREENSHOT="$ROOT/target/screenshots/demo.png" \
   timeout 300 node "$JS/test/browser.test.cjs"
+echo "==> exact resume under random connection breaks, and the position-token codec"
+NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/resume.test.cjs"

@@ -3,7 +3,7 @@
 export type Transport = "websocket" | "sse" | "longpoll" | "poll";
 export declare const TRANSPORTS: Transport[];
 
-/** A message as clients see it; `id` is its cursor. */
+/** A message as clients see it; `id` is its cursor (a decimal u64: compare as BigInt or by length, then text). */
 export interface HeraldMessage<T = unknown> {
   channel: string;
   id: string;
@@ -40,8 +40,12 @@ export interface ErrorEvent {
 export interface Options {
   /** Transports to use, best first [default: websocket, sse, longpoll, poll]. */
   transports?: Transport[];
-  /** Cursor to resume from; `"0"` for everything retained [default: now]. */
-  since?: string;
+  /**
+   * Where the channels resume from at the first connect [default: now]: a cursor for every
+   * channel (`"0"`: everything retained), a position token (e.g. a saved `sub.cursor`), or
+   * per-channel cursors (`{ news: "1795467571318347" }`; channels not listed start from now).
+   */
+  since?: string | Record<string, string>;
   /** First reconnect delay in ms, doubled per failure, with ±50% jitter [default: 500]. */
   backoffMin?: number;
   /** Cap of the reconnect delay in ms [default: 15000]. */
@@ -77,7 +81,16 @@ export declare class Subscription extends EventTarget {
   constructor(urls: string | string[], channels: string[], options?: Options);
   readonly urls: string[];
   readonly channels: Set<string>;
-  /** Last cursor received: pass it as `since` to resume elsewhere. */
+  /**
+   * Where each channel stands: its last message `id`, else where it was subscribed. Channels
+   * not listed start from now at the next connect.
+   */
+  readonly positions: Record<string, string>;
+  /**
+   * The positions of all the channels as one string (a position token; with one channel, its
+   * last `id`): pass it as `since` to resume the same channels later, or elsewhere. Undefined
+   * before any position is known.
+   */
   readonly cursor: string | undefined;
   readonly state: State;
   readonly transport: Transport | null;
@@ -95,5 +108,22 @@ export declare class Subscription extends EventTarget {
 
 export declare function subscribe(urls: string | string[], channels: string[], options?: Options): Subscription;
 
-declare const herald: { subscribe: typeof subscribe; Subscription: typeof Subscription; TRANSPORTS: Transport[] };
+/**
+ * The position token of per-channel cursors (docs/protocol.md): a plain cursor when they are
+ * all equal, `"0"` for none.
+ */
+export declare function encodePositions(positions: Record<string, string> | Map<string, string>): string;
+/**
+ * The per-channel cursors a cursor or position token gives `channels`; null when it is
+ * malformed or a token of another channel set.
+ */
+export declare function decodePositions(token: string, channels: Iterable<string>): Record<string, string> | null;
+
+declare const herald: {
+  subscribe: typeof subscribe;
+  Subscription: typeof Subscription;
+  TRANSPORTS: Transport[];
+  encodePositions: typeof encodePositions;
+  decodePositions: typeof decodePositions;
+};
 export default herald;

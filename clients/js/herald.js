@@ -1,12 +1,14 @@
 // Herald browser SDK: live messages over WebSocket, SSE, long-poll or interval poll, with
 // fallback down the transport list, reconnect with backoff and jitter over a list of nodes,
-// and exact resume by cursor. No dependencies. Protocol: docs/protocol.md; guide: docs/sdk.md.
+// and exact resume from one position per channel. No dependencies. Protocol: docs/protocol.md;
+// guide: docs/sdk.md.
 
 export const TRANSPORTS = ["websocket", "sse", "longpoll", "poll"];
 
 const DEFAULTS = {
   transports: TRANSPORTS,
-  since: undefined, // cursor to resume from; "0" for all retained history
+  since: undefined, // where every channel resumes from: a cursor ("0": all retained history),
+  // a position token, or {channel: cursor}
   backoffMin: 500, // ms, first reconnect delay (before jitter)
   backoffMax: 15000, // ms, cap of the exponential backoff
   climbInterval: 60000, // ms on a lower transport before trying the best one again; 0: never
@@ -16,9 +18,62 @@ const DEFAULTS = {
   token: undefined, // JWT, or a function returning one (or a promise): called before each connect
 };
 
-// Cursors are opaque but totally ordered; today they are decimal integers.
-const after = (a, b) =>
-  /^\d+$/.test(a) && /^\d+$/.test(b) ? a.length > b.length || (a.length === b.length && a > b) : a > b;
+// Cursors are decimal u64 strings (they can exceed 2^53: compared as strings, added as BigInt).
+const after = (a, b) => a.length > b.length || (a.length === b.length && a > b);
+
+// --- position tokens (docs/protocol.md, "Resume: one position per channel") ----------------
+//   token = base [ "_" hash *( "_" entry ) ], entry = base36(index) "." base36(delta)
+// base: the lowest position; hash: FNV-1a 32 of the sorted, distinct names joined by "\n";
+// channel i of the sorted names stands at base + delta if an entry names it, else at base.
+
+// Names are ASCII, so the default (UTF-16) sort is bytewise and char codes are the bytes.
+const sorted = (names) => [...new Set(names)].sort();
+
+const setHash = (names) => {
+  let h = 0x811c9dc5;
+  for (const ch of names.join("\n")) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193);
+  return (h >>> 0).toString(36);
+};
+
+const parse36 = (s) => [...s].reduce((n, d) => n * 36n + BigInt(parseInt(d, 36)), 0n);
+
+/**
+ * The position token of `positions` ({channel: cursor} or a Map): a plain cursor when every
+ * channel stands at the same one ("0" for none).
+ */
+export function encodePositions(positions) {
+  const pos = new Map(positions instanceof Map ? positions : Object.entries(positions));
+  const names = sorted(pos.keys());
+  const at = names.map((c) => BigInt(pos.get(c)));
+  const base = at.reduce((m, v) => (v < m ? v : m), at[0] ?? 0n);
+  let entries = "";
+  at.forEach((v, i) => v > base && (entries += `_${i.toString(36)}.${(v - base).toString(36)}`));
+  return entries ? `${base}_${setHash(names)}${entries}` : `${base}`;
+}
+
+/**
+ * The per-channel positions ({channel: cursor}) a cursor or position token gives `channels`;
+ * null when it is malformed or a token of another channel set.
+ */
+export function decodePositions(token, channels) {
+  const names = sorted(channels);
+  const [head, hash, ...entries] = String(token).split("_");
+  if (!/^\d{1,20}$/.test(head)) return null;
+  const base = BigInt(head);
+  const at = names.map(() => base);
+  if (hash !== undefined) {
+    if (hash !== setHash(names) || !entries.length) return null;
+    let prev = -1;
+    for (const e of entries) {
+      const m = /^([0-9a-z]{1,13})\.([0-9a-z]{1,13})$/.exec(e);
+      const i = m ? Number(parse36(m[1])) : -1;
+      const delta = m ? parse36(m[2]) : 0n;
+      if (i <= prev || i >= names.length || delta < 1n) return null;
+      at[(prev = i)] += delta;
+    }
+  }
+  return Object.fromEntries(names.map((c, i) => [c, `${at[i]}`]));
+}
 
 export class Subscription extends EventTarget {
   constructor(urls, channels, options = {}) {
@@ -26,8 +81,11 @@ export class Subscription extends EventTarget {
     this.urls = (Array.isArray(urls) ? urls : [urls]).map((u) => u || location.origin);
     this.options = { ...DEFAULTS, ...options };
     this.channels = new Set(channels);
-    this.cursor = this.options.since; // last id received (or the server's cursor)
-    this.lastIds = new Map(); // channel -> last id delivered, to drop duplicates
+    // channel -> position: the last id delivered on it, else where it was subscribed. Also
+    // the de-duplication floor: a message not after its channel's position is dropped.
+    this._pos = new Map();
+    this._gapped = new Set(); // channels whose next message follows a gap: taken as it is
+    this._sseId = undefined; // last SSE id (a position token of `_sseSet`)
     this.state = "idle";
     this.transport = null;
     this.url = null;
@@ -39,7 +97,26 @@ export class Subscription extends EventTarget {
     this._gen = 0; // bumps on every attempt; callbacks of old attempts are ignored
     for (const [ev, key] of [["message", "onMessage"], ["gap", "onGap"], ["state", "onState"], ["error", "onError"]])
       if (typeof this.options[key] === "function") this.addEventListener(ev, (e) => this.options[key](e.detail));
+    const since = this.options.since;
+    if (since != null) {
+      const each = typeof since === "object" ? since : decodePositions(since, [...this.channels]);
+      if (each) this._setPositions(each);
+      else queueMicrotask(() => this._emit("error", { code: "invalid_cursor", message: `since: ${since}` }));
+    }
     queueMicrotask(() => this._connect());
+  }
+
+  /** Where each channel stands: {channel: cursor}; channels not listed start from now. */
+  get positions() {
+    return Object.fromEntries(this._pos);
+  }
+
+  /**
+   * The positions as one string (a position token; with one channel, its last id): pass it as
+   * `since` to resume the same channels elsewhere. Undefined before any position is known.
+   */
+  get cursor() {
+    return this._since([...this.channels]);
   }
 
   /** Adds channels at run time (new channels start from now on WebSocket). */
@@ -54,7 +131,7 @@ export class Subscription extends EventTarget {
   remove(...names) {
     const gone = names.flat().filter((c) => this.channels.delete(c));
     if (!gone.length) return;
-    gone.forEach((c) => this.lastIds.delete(c));
+    for (const c of gone) this._pos.delete(c), this._gapped.delete(c);
     this._changed({ op: "unsubscribe", channels: gone });
   }
 
@@ -78,8 +155,7 @@ export class Subscription extends EventTarget {
   _changed(cmd) {
     if (this.state === "closed") return;
     if (this._conn && this._conn.send && this.state === "connected") this._conn.send(cmd);
-    // SSE, a held long-poll and a WebSocket still connecting carry their channels in the
-    // URL: reopen with the cursor.
+    // SSE, a held long-poll and a WebSocket still connecting: reopen with the positions.
     else if (this._conn && this.transport !== "poll") this._reopen();
     // interval polls read `channels` on every request
   }
@@ -98,19 +174,31 @@ export class Subscription extends EventTarget {
     this._connect();
   }
 
-  _query(extra = {}) {
-    const q = new URLSearchParams();
-    if (this._token) q.set("token", this._token);
-    for (const c of this.channels) q.append("channel", c);
-    if (this.cursor !== undefined && this.cursor !== null) q.set("since", this.cursor);
-    for (const [k, v] of Object.entries(extra)) q.set(k, v);
-    return q.toString();
+  _setPositions(each) {
+    for (const [c, p] of each instanceof Map ? each : Object.entries(each)) this.channels.has(c) && this._pos.set(c, String(p));
   }
 
-  _endpoint(path, extra) {
+  // The position token of `channels`; those without a position stand at the highest known
+  // one (everything published since then). Undefined when none has a position: from now.
+  _since(channels) {
+    let top;
+    for (const c of channels) {
+      const p = this._pos.get(c);
+      if (p !== undefined && (top === undefined || after(p, top))) top = p;
+    }
+    if (top === undefined) return undefined;
+    return encodePositions(new Map(channels.map((c) => [c, this._pos.get(c) ?? top])));
+  }
+
+  _endpoint(path, channels = [], since, extra = {}) {
     const u = new URL(path, this.url.endsWith("/") ? this.url : this.url + "/");
     if (path === "ws") u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
-    u.search = this._query(extra);
+    const q = new URLSearchParams();
+    if (this._token) q.set("token", this._token);
+    for (const c of channels) q.append("channel", c);
+    if (since !== undefined) q.set("since", since);
+    for (const [k, v] of Object.entries(extra)) q.set(k, v);
+    u.search = q;
     return u.toString();
   }
 
@@ -129,13 +217,17 @@ export class Subscription extends EventTarget {
     } else this._token = t;
     this.transport = this.options.transports[this._ti];
     this.url = this.urls[this._ui];
+    // An SSE id is only as fresh as the last SSE stream: another transport moves on without it.
+    if (this.transport !== "sse") this._sseId = undefined;
     this._connected = false;
     this._setState("connecting");
     const live = () => gen === this._gen;
     const h = {
-      subscribed: (cursor) => {
+      // Live delivery is in place; channels (all when not given) without a position stand
+      // at `cursor`, the server's "now".
+      subscribed: (cursor, channels = this.channels) => {
         if (!live()) return;
-        if ((this.cursor === undefined || this.cursor === null) && cursor) this.cursor = cursor;
+        if (cursor) for (const c of channels) this.channels.has(c) && !this._pos.has(c) && this._pos.set(c, cursor);
         if (this._connected) return;
         this._connected = true;
         this._failures = 0;
@@ -145,9 +237,16 @@ export class Subscription extends EventTarget {
           this._climb = setTimeout(() => live() && this._retry("climb"), this.options.climbInterval);
       },
       message: (m) => live() && this._deliver(m),
-      gap: (channel) => live() && this.channels.has(channel) && this._emit("gap", { channel }),
-      cursor: (c) => {
-        if (live() && c) this.cursor = c;
+      gap: (channel) => {
+        if (!live() || !this.channels.has(channel)) return;
+        this._gapped.add(channel);
+        this._emit("gap", { channel });
+      },
+      // A cursor or position token for `channels` (a poll reply, an SSE id): every one of them
+      // stands there now.
+      positions: (token, channels) => {
+        const each = live() && token && decodePositions(token, channels);
+        if (each) this._setPositions(each);
       },
       // The connection ended: `how` is "drain" (node asked us to go), "slow" (reconnect here)
       // or "fail".
@@ -160,11 +259,13 @@ export class Subscription extends EventTarget {
   }
 
   _deliver(m) {
-    if (!this.channels.has(m.channel)) return;
-    const last = this.lastIds.get(m.channel);
-    this.cursor = m.id;
-    if (last !== undefined && !after(m.id, last)) return; // duplicate after a resume
-    this.lastIds.set(m.channel, m.id);
+    const c = m.channel;
+    if (!this.channels.has(c)) return;
+    const p = this._pos.get(c);
+    // Not after the channel's position: a duplicate. After a gap the old position may be one
+    // the server never issued, so the next message is taken as it is.
+    if (!this._gapped.delete(c) && p !== undefined && !after(m.id, p)) return;
+    this._pos.set(c, m.id);
     this._emit("message", m);
   }
 
@@ -210,6 +311,11 @@ export class Subscription extends EventTarget {
 const OPEN = {
   websocket(sub, h) {
     const ws = new WebSocket(sub._endpoint("ws"));
+    // Subscribe with each channel's position; channels without one start from now.
+    ws.onopen = () => {
+      const since = Object.fromEntries([...sub.channels].filter((c) => sub._pos.has(c)).map((c) => [c, sub._pos.get(c)]));
+      ws.send(JSON.stringify({ op: "subscribe", channels: [...sub.channels], since }));
+    };
     let ended = false;
     const end = (how) => {
       if (!ended) (ended = true), h.end(how);
@@ -222,10 +328,13 @@ const OPEN = {
         return;
       }
       if (f.type === "message") h.message(f);
-      else if (f.type === "subscribed") h.subscribed(f.cursor);
+      else if (f.type === "subscribed") h.subscribed(f.cursor, f.channels);
       else if (f.type === "gap") h.gap(f.channel);
       else if (f.type === "reconnect") end("drain");
-      else if (f.type === "error") h.error(f);
+      else if (f.type === "error") {
+        h.error(f);
+        if (f.channels && !sub._connected) end("fail"); // our subscribe was refused
+      }
     };
     // 4001: the token expired; reconnecting at once fetches a fresh one.
     ws.onclose = (e) => end(e.code === 1012 ? "drain" : e.code === 1013 || e.code === 4001 ? "slow" : "fail");
@@ -249,14 +358,21 @@ const OPEN = {
       close: () => {
         ended = true;
         clearTimeout(refresh);
-        ws.onclose = ws.onmessage = null;
+        ws.onclose = ws.onmessage = ws.onopen = null;
         ws.close();
       },
     };
   },
 
+  // Every SSE id is the position token of the whole stream. The browser's own reconnect would
+  // send the last one as Last-Event-ID; we reopen ourselves (possibly on another node) with it
+  // as `since`, or, if the channels changed or another transport ran since, with a token of
+  // the positions.
   sse(sub, h) {
-    const es = new EventSource(sub._endpoint("sse"));
+    const channels = [...sub.channels];
+    const set = sorted(channels).join("\n");
+    const since = sub._sseId && sub._sseSet === set ? sub._sseId : sub._since(channels);
+    const es = new EventSource(sub._endpoint("sse", channels, since));
     const data = (e) => {
       try {
         return JSON.parse(e.data);
@@ -264,8 +380,17 @@ const OPEN = {
         return {};
       }
     };
-    es.addEventListener("subscribed", (e) => h.subscribed(data(e).cursor));
-    es.addEventListener("message", (e) => h.message(data(e)));
+    const seen = (e) => h.live() && e.lastEventId && ((sub._sseId = e.lastEventId), (sub._sseSet = set));
+    es.addEventListener("subscribed", (e) => {
+      const d = data(e);
+      seen(e);
+      h.positions(e.lastEventId, channels); // where the stream starts, for every channel
+      h.subscribed(d.cursor, d.channels);
+    });
+    es.addEventListener("message", (e) => {
+      h.message(data(e)); // its own id moves its channel's position
+      seen(e);
+    });
     es.addEventListener("gap", (e) => h.gap(data(e).channel));
     es.addEventListener("reconnect", () => h.end("drain"));
     es.addEventListener("error", (e) => {
@@ -300,9 +425,11 @@ function poll(sub, h, long) {
     while (h.live()) {
       const wait = long && !first ? sub.options.longPollWait : 0;
       first = false;
+      const channels = [...sub.channels];
       let reply;
       try {
-        const res = await fetch(sub._endpoint("poll", { wait }), { signal: ctl.signal, cache: "no-store" });
+        const url = sub._endpoint("poll", channels, sub._since(channels), { wait });
+        const res = await fetch(url, { signal: ctl.signal, cache: "no-store" });
         if (!res.ok) {
           const body = await res.json().catch(() => ({}));
           h.error({ status: res.status, ...(body.error || {}) });
@@ -316,8 +443,9 @@ function poll(sub, h, long) {
       if (!h.live()) return;
       for (const c of reply.gaps || []) h.gap(c);
       for (const m of reply.messages || []) h.message(m);
-      h.cursor(reply.cursor);
-      h.subscribed(reply.cursor);
+      // `cursor`: a consistent cut over the request's channels (a cursor or a token).
+      h.positions(reply.cursor, channels);
+      h.subscribed();
       const more = (reply.messages || []).length >= 1000;
       if (!long && !more) await new Promise((ok) => (timer = setTimeout(ok, sub.options.pollInterval)));
     }
@@ -339,4 +467,4 @@ export function subscribe(urls, channels, options) {
   return new Subscription(urls, channels, options);
 }
 
-export default { subscribe, Subscription, TRANSPORTS };
+export default { subscribe, Subscription, TRANSPORTS, encodePositions, decodePositions };

@@ -4,97 +4,13 @@
 //   NODE_PATH=<dir>/node_modules HERALD_BIN=target/debug/herald SCREENSHOT=target/screenshots/demo.png \
 //     node clients/js/test/browser.test.cjs
 "use strict";
-const { spawn, spawnSync } = require("child_process");
 const fs = require("fs");
-const net = require("net");
-const os = require("os");
 const path = require("path");
-const { chromium } = require("playwright-core");
+const H = require("./harness.cjs");
+const { BIN, sleep, startNats, startNode, publish, test } = H;
+const { spawnSync } = require("child_process");
 
-const BIN = process.env.HERALD_BIN || "target/debug/herald";
-const NATS = process.env.NATS_SERVER || "/usr/sbin/nats-server";
 const SHOT = process.env.SCREENSHOT || "target/screenshots/demo.png";
-const TMP = fs.mkdtempSync(path.join(os.tmpdir(), "herald-browser-"));
-const procs = [];
-let failures = 0;
-
-const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
-const freePort = () =>
-  new Promise((ok, err) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => ok(p));
-    });
-    s.on("error", err);
-  });
-
-function start(name, cmd, args, env = {}) {
-  const log = fs.openSync(path.join(TMP, `${name}.log`), "w");
-  const p = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", log, log] });
-  p.name = name;
-  procs.push(p);
-  return p;
-}
-
-function killAll() {
-  for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
-}
-process.on("exit", killAll);
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(1));
-
-async function waitHttp(url, ms = 20000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    try {
-      if ((await fetch(url)).ok) return;
-    } catch {}
-    await sleep(100);
-  }
-  throw new Error(`${url} not ready in ${ms} ms`);
-}
-
-async function startNats() {
-  const port = await freePort();
-  start("nats", NATS, ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", path.join(TMP, "nats")]);
-  const end = Date.now() + 10000;
-  for (;;) {
-    const ok = await new Promise((r) => {
-      const c = net.connect(port, "127.0.0.1", () => (c.end(), r(true)));
-      c.on("error", () => r(false));
-    });
-    if (ok) return `nats://127.0.0.1:${port}`;
-    if (Date.now() > end) throw new Error("nats-server did not start");
-    await sleep(100);
-  }
-}
-
-async function startNode(name, env) {
-  const [http, grpc, admin] = [await freePort(), await freePort(), await freePort()];
-  const p = start(name, BIN, ["serve"], {
-    HERALD_HTTP_ADDR: `127.0.0.1:${http}`,
-    HERALD_GRPC_ADDR: `127.0.0.1:${grpc}`,
-    HERALD_ADMIN_ADDR: `127.0.0.1:${admin}`,
-    HERALD_NODE_ID: name,
-    HERALD_LOG: "info",
-    ...env,
-  });
-  await waitHttp(`http://127.0.0.1:${admin}/readyz`);
-  return { name, proc: p, url: `http://127.0.0.1:${http}`, grpc: `http://127.0.0.1:${grpc}` };
-}
-
-// Publishes JSON values through the CLI (gRPC); returns the cursors it printed.
-function publish(node, channel, values) {
-  const r = spawnSync(BIN, ["publish", "--grpc", node.grpc, channel, "-"], {
-    input: values.map((v) => JSON.stringify(v)).join("\n") + "\n",
-    encoding: "utf8",
-    timeout: 20000,
-  });
-  if (r.status !== 0) throw new Error(`herald publish failed: ${r.stderr}`);
-  const sum = JSON.parse(r.stdout); // stdin mode prints a summary
-  if (sum.published !== values.length) throw new Error(`herald publish: ${r.stdout}`);
-  return sum.last_cursor;
-}
 
 let ctx;
 async function openDemo(node, params) {
@@ -143,25 +59,9 @@ function expectSeq(messages, from, to, what) {
     throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
 }
 
-async function test(name, fn) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
-  } catch (e) {
-    failures++;
-    console.log(`FAIL ${name}: ${e.message}`);
-  }
-  for (const p of ctx ? ctx.pages() : []) await p.close().catch(() => {});
-}
-
 const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, tag }));
 
-(async () => {
-  const deadline = setTimeout(() => {
-    console.log("FAIL: browser tests took over 240 s");
-    process.exit(1);
-  }, 240000);
+H.main(240000, async () => {
   const nats = await startNats();
   const onNats = { HERALD_BROKER: "nats", HERALD_NATS_URL: nats };
   const [a, b, noWs, noWsSse, gapNode] = await Promise.all([
@@ -188,23 +88,16 @@ const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, 
   };
   console.log(`nats ${nats}; nodes ${[a, b, noWs, noWsSse, gapNode].map((n) => n.url).join(" ")}`);
 
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "chromium-profile-"));
-  ctx = await chromium.launchPersistentContext(dir, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
-    timeout: 30000,
-    viewport: { width: 1000, height: 700 },
-  });
-  await ctx.route("**/*", (route) =>
-    /^(127\.|localhost$)/.test(new URL(route.request().url()).hostname) ? route.continue() : route.abort());
+  ctx = await H.launchBrowser();
 
   await test("the node serves /herald.js as JavaScript and the demo page", async () => {
     const js = await fetch(`${a.url}/herald.js`);
     const ct = js.headers.get("content-type") || "";
     if (!js.ok || !ct.startsWith("text/javascript") || !js.headers.get("cache-control"))
       throw new Error(`/herald.js: ${js.status} ${ct} ${js.headers.get("cache-control")}`);
+    // The pages load this checkout's herald.js; the binary must ship the same one.
+    if ((await js.text()) !== fs.readFileSync(path.join(__dirname, "../herald.js"), "utf8"))
+      throw new Error(`${BIN} embeds another herald.js than clients/js/herald.js: rebuild it (cargo build -p herald)`);
     const page = await fetch(`${a.url}/`);
     if (!page.ok || !(await page.text()).includes("herald.js")) throw new Error(`/: ${page.status}`);
     const ws = await fetch(`${noWsSse.url}/sse?channel=x`);
@@ -406,19 +299,4 @@ const seq = (a, b, tag) => Array.from({ length: b - a }, (_, i) => ({ n: a + i, 
     await page.close();
   });
 
-  await ctx.close();
-  clearTimeout(deadline);
-  killAll();
-  fs.rmSync(dir, { recursive: true, force: true });
-  if (failures) {
-    console.log(`${failures} browser test(s) failed; node logs in ${TMP}`);
-    process.exit(1);
-  }
-  fs.rmSync(TMP, { recursive: true, force: true });
-  console.log("all browser tests passed");
-  process.exit(0);
-})().catch((e) => {
-  console.log(`FAIL: ${e.stack || e}`);
-  console.log(`logs in ${TMP}`);
-  process.exit(1);
 });

@@ -1,6 +1,6 @@
 // Compiled (not run) by scripts/check-browser.sh: the examples of docs/sdk.md type-check
 // against herald.d.ts.
-import herald, { subscribe, type HeraldMessage, type StateEvent } from "../herald.js";
+import herald, { decodePositions, encodePositions, subscribe, type HeraldMessage, type StateEvent } from "../herald.js";
 
 const sub = subscribe(["http://a:8080", "http://b:8080"], ["news"], {
   transports: ["sse", "longpoll"],
@@ -14,7 +14,14 @@ sub.addEventListener("state", (e) => console.log(e.detail.state === "connected")
 sub.add("chat:2");
 sub.remove(["news"]);
 const c: string | undefined = sub.cursor;
-console.log(c, herald.TRANSPORTS);
+const at: Record<string, string> = sub.positions;
+console.log(c, at["chat:2"], herald.TRANSPORTS);
+// Resume later from a saved position token, or from per-channel cursors.
+subscribe("", ["news", "chat:2"], { since: c });
+subscribe("", ["news", "chat:2"], { since: { news: "1795467571318347" } });
+const token: string = encodePositions({ news: "10", "chat:2": "12" });
+const back: Record<string, string> | null = decodePositions(token, ["news", "chat:2"]);
+console.log(back, herald.encodePositions(new Map([["a", "1"]])));
 sub.close();
 
 // Client auth: a static token, or a function fetching one from the app's backend.
