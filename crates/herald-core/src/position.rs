@@ -219,6 +219,82 @@ mod tests {
         assert_eq!(encode(&p), "1795467571318000_bch440_0.9n");
     }
 
+    /// The same vectors are checked against herald.js (clients/js/test/resume.test.cjs):
+    /// both codecs must agree byte for byte.
+    #[test]
+    fn shared_vectors_with_the_browser_sdk() {
+        let many: Vec<(String, u64)> = (0..38)
+            .map(|i| {
+                let at = match i {
+                    1 => 6,
+                    3 => 900,
+                    10 => 12,
+                    37 => 77,
+                    _ => 5,
+                };
+                (format!("c{i}"), at)
+            })
+            .collect();
+        let many: Vec<(&str, u64)> = many.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+        let vectors: Vec<(Vec<(&str, u64)>, &str)> = vec![
+            (vec![("a", 42)], "42"),
+            (vec![("a", 7), ("b", 7)], "7"),
+            (
+                vec![
+                    ("news", 100),
+                    ("chat:1", 1_000_037),
+                    ("z.z", 100),
+                    ("b", 136),
+                ],
+                "100_1csmpu7_0.10_1.lfk1",
+            ),
+            (vec![("a", 1), ("b", 2)], "1_bch440_1.1"),
+            (
+                vec![("x", 18_446_744_073_709_551_000), ("y", u64::MAX)],
+                "18446744073709551000_1lb1mdm_1.h3",
+            ),
+            (
+                vec![
+                    ("A", 9_007_199_254_740_993),
+                    ("a", 9_007_199_254_740_991),
+                    ("_", 9_007_199_254_740_992),
+                    ("Z", 9_007_199_254_740_991),
+                ],
+                "9007199254740991_zu4hi_0.2_2.1",
+            ),
+            (
+                vec![
+                    ("news", 1_795_467_571_318_000),
+                    ("chat:1", 1_795_467_571_318_347),
+                ],
+                "1795467571318000_1cpk52r_0.9n",
+            ),
+            (many, "5_142n7my_1.1_2.7_n.ov_v.20"),
+            (
+                vec![
+                    ("a.b", 0),
+                    ("a-b", 3),
+                    ("a=b", 0),
+                    ("a@b", 1),
+                    ("a_b", 2),
+                    ("A:b", 0),
+                ],
+                "0_1507l52_1.3_4.1_5.2",
+            ),
+        ];
+        for (p, token) in vectors {
+            let p = positions(&p);
+            assert_eq!(encode(&p), token);
+            let set: Vec<ChannelName> = p.keys().cloned().collect();
+            let expected = if p.values().all(|c| Some(c) == p.values().next()) {
+                Since::All(*p.values().next().unwrap())
+            } else {
+                Since::Each(p.clone())
+            };
+            assert_eq!(Since::parse(token, &set), Ok(expected), "{token}");
+        }
+    }
+
     #[test]
     fn a_token_of_another_set_is_refused() {
         let token = encode(&positions(&[("a", 1), ("b", 2)]));
