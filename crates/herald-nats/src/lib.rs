@@ -33,6 +33,34 @@
 //! - a hole met while walking (a message evicted mid-read) ends the page before it, so the next
 //!   read from the page's last cursor reports it in its place.
 //!
+//! # Reading a page fast
+//!
+//! A direct get is one round trip per message (about 10,000 messages/s on loopback). So a page
+//! reads its first message and up to 7 more by direct get (the first one drives the gap
+//! decision above; a short tail is cheapest this way), and the rest through an ephemeral pull
+//! consumer on the stream: filtered on the channel's subject, starting at the next sequence,
+//! no acks, in memory, one replica, fetched with `no_wait` for at most what the page still has
+//! room for and what was pending when the consumer was created (the stream's end at that
+//! moment bounds the read). Every message, however it was read, passes the same check: it must
+//! name the message before it in `Herald-Prev`, or the page ends before it (a hole), exactly as
+//! above; payloads that are not JSON are skipped as before. The consumer is deleted when the
+//! read ends or is cancelled, without waiting for the answer, and expires on its own after
+//! twice `request_timeout` of inactivity should the delete be lost. Every wait is bounded by
+//! `request_timeout`. Reading 20,000 messages in pages of 1000 this way runs at about 150,000
+//! messages/s here, and a first page of 500 takes a few ms (see `examples/history_read.rs`).
+//!
+//! Nothing makes a read fail that direct gets would have answered: if the consumer cannot be
+//! created, a fetch fails or times out, the page goes on by direct get from its last message
+//! (logged at debug). nats-server 2.9.10 to 2.9.14 has a slow case: a filtered consumer starting
+//! in the first half of the last stored block that holds the channel recounts its pending
+//! messages for every delivery (a scan of the block up to its position, up to milliseconds per
+//! message). A consumer that delivers two windows of 16 messages in a row at more than 50 µs a
+//! message is therefore given up: a channel that makes up at least 1 in 8 of the stream's
+//! messages so far is read on through an unfiltered consumer (other channels' messages are
+//! skipped here, at most 16 per message wanted), a sparser one by direct get.
+//! [`NatsBroker::history_stats`] counts consumers, the messages they delivered and the
+//! fallbacks.
+//!
 //! Limits, all conservative (a false gap, never a silent one) except the last: with
 //! [`NatsBrokerConfig::tip_max_age`] set, a channel silent for longer than it falls back to
 //! "gap iff `C` is older than the oldest message of the whole stream"; the tip is written
@@ -75,11 +103,14 @@
 //! With replicas 3, direct gets may be served by a follower that is slightly behind: a read
 //! right after a publish can miss the newest message (never reported as a gap), and the tip
 //! read before a publish can be stale, which the expected-sequence check turns into a retry.
+//! The consumer of a batched read lives on the stream leader; creating one there goes through
+//! the cluster's meta leader, which makes it slower than on a single server.
 
 mod broker;
 mod cluster;
 mod config;
 mod error;
+mod history;
 mod live;
 pub mod subject;
 #[cfg(feature = "testing")]
@@ -89,3 +120,6 @@ pub use broker::NatsBroker;
 pub use cluster::{NatsCluster, NatsClusterConfig, node_token};
 pub use config::{NatsAuth, NatsBrokerConfig, StorageKind};
 pub use error::NatsError;
+pub use history::HistoryStats;
+#[cfg(feature = "testing")]
+pub use history::HistoryWay;
