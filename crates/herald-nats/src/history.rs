@@ -305,8 +305,8 @@ impl Drop for ConsumerGuard {
 
 /// Reads the rest of `page` (messages of `subject` after [`Page::last`]) through an ephemeral
 /// pull consumer: created at the next sequence, without acks, in memory, fetched with `no_wait`
-/// for at most what the page has room for and what was pending when it was created (so the read
-/// ends at the stream's end as it was then), deleted afterwards. Never fails: any trouble
+/// for at most what the page has room for and what the consumer counts as pending (at first:
+/// up to the stream's end when it was created), deleted afterwards. Never fails: any trouble
 /// (creation refused, timeouts, a status error, slow delivery) ends it early and the caller
 /// goes on with direct gets, which report a real outage themselves.
 pub(crate) async fn read_batched(

@@ -33,6 +33,14 @@
 //! - a hole met while walking (a message evicted mid-read) ends the page before it, so the next
 //!   read from the page's last cursor reports it in its place.
 //!
+//! Limits, all conservative (a false gap, never a silent one) except the last: with
+//! [`NatsBrokerConfig::tip_max_age`] set, a channel silent for longer than it falls back to
+//! "gap iff `C` is older than the oldest message of the whole stream"; the tip is written
+//! fire-and-forget after the stored message, so a node dying between the two (or two nodes
+//! racing the tip writes) can leave a stale tip, which matters only if the channel then fully
+//! expires and a client resumes from a cursor between the stale and the true tip. Age eviction
+//! is assumed to follow sequence order (JetStream stamps messages on the stream leader).
+//!
 //! # Reading a page fast
 //!
 //! A direct get is one round trip per message (about 10,000 messages/s on loopback). So a page
@@ -40,14 +48,16 @@
 //! decision above; a short tail is cheapest this way), and the rest through an ephemeral pull
 //! consumer on the stream: filtered on the channel's subject, starting at the next sequence,
 //! no acks, in memory, one replica, fetched with `no_wait` for at most what the page still has
-//! room for and what was pending when the consumer was created (the stream's end at that
-//! moment bounds the read). Every message, however it was read, passes the same check: it must
-//! name the message before it in `Herald-Prev`, or the page ends before it (a hole), exactly as
-//! above; payloads that are not JSON are skipped as before. The consumer is deleted when the
-//! read ends or is cancelled, without waiting for the answer, and expires on its own after
-//! twice `request_timeout` of inactivity should the delete be lost. Every wait is bounded by
-//! `request_timeout`. Reading 20,000 messages in pages of 1000 this way runs at about 150,000
-//! messages/s here, and a first page of 500 takes a few ms (see `examples/history_read.rs`).
+//! room for and what the consumer counts as pending (at first: the channel's messages up to the
+//! stream's end when it was created). Every message, however it was read, passes the same
+//! check: it must name the message before it in `Herald-Prev`, or the page ends before it (a
+//! hole), exactly as above; payloads that are not JSON are skipped as before. The consumer is
+//! deleted when the read ends or is cancelled, without waiting for the answer, and expires on
+//! its own after twice `request_timeout` of inactivity should the delete be lost. Every wait is
+//! bounded by `request_timeout`. On a busy 2-core test machine (nats-server 2.9.10, file storage),
+//! reading 20,000 messages of a channel in pages of 1000 ran at 95,000-170,000 messages/s
+//! (direct gets: 5,000-8,000) and a first page of 500 took 4-12 ms (direct gets: 60-100 ms);
+//! `examples/history_read.rs` measures it.
 //!
 //! Nothing makes a read fail that direct gets would have answered: if the consumer cannot be
 //! created, a fetch fails or times out, the page goes on by direct get from its last message
@@ -60,14 +70,6 @@
 //! skipped here, at most 16 per message wanted), a sparser one by direct get.
 //! [`NatsBroker::history_stats`] counts consumers, the messages they delivered and the
 //! fallbacks.
-//!
-//! Limits, all conservative (a false gap, never a silent one) except the last: with
-//! [`NatsBrokerConfig::tip_max_age`] set, a channel silent for longer than it falls back to
-//! "gap iff `C` is older than the oldest message of the whole stream"; the tip is written
-//! fire-and-forget after the stored message, so a node dying between the two (or two nodes
-//! racing the tip writes) can leave a stale tip, which matters only if the channel then fully
-//! expires and a client resumes from a cursor between the stale and the true tip. Age eviction
-//! is assumed to follow sequence order (JetStream stamps messages on the stream leader).
 //!
 //! # Live path
 //!
