@@ -28,7 +28,13 @@ use herald_core::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::{NatsBrokerConfig, NatsError, StorageKind, subject::Subjects};
+use crate::{
+    NatsBrokerConfig, NatsError, StorageKind,
+    history::{
+        Batched, DIRECT_PREFIX, HistoryCounters, HistoryStats, Page, Scope, Way, read_batched,
+    },
+    subject::Subjects,
+};
 
 /// Header carrying the previous sequence of the same channel (0 for its first message): the
 /// chain link that makes gaps detectable in stored history (JetStream stores no such link).
@@ -107,6 +113,8 @@ pub(crate) struct Shared {
     /// Per channel subject: this node's belief about the chain tip, behind an async mutex
     /// that serializes this node's publishes to the channel.
     tips: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ChainTip>>>>>,
+    /// Counts of batched history reads.
+    history: HistoryCounters,
 }
 
 impl Shared {
@@ -169,6 +177,7 @@ impl NatsBroker {
             reconnects: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             tips: parking_lot::Mutex::new(HashMap::new()),
+            history: HistoryCounters::default(),
         });
         tokio::spawn(supervise(Arc::downgrade(&shared), events_rx));
         Ok(Self { shared })
@@ -304,10 +313,12 @@ impl NatsBroker {
         )))
     }
 
+    /// One page of history, read as `way` says after its first message.
     async fn history_inner(
         &self,
         channel: &ChannelName,
         query: HistoryQuery,
+        way: Way,
     ) -> Result<HistoryPage, BrokerError> {
         let shared = &*self.shared;
         let link = shared.connected_link()?;
@@ -328,30 +339,58 @@ impl NatsBroker {
             // is missing.
             None => first.sequence > after.saturating_add(1),
         };
-        let mut messages = Vec::with_capacity(query.limit.min(256));
-        let mut last = first.sequence;
+        let mut page = Page::new(channel, query.limit, first.sequence);
         let mut next = Some(first);
+        let mut direct = 0;
         while let Some(m) = next.take() {
-            if messages.len() >= query.limit {
+            let time = m.time;
+            if !page.offer(m.sequence, &m.headers, m.payload, || {
+                (time.unix_timestamp_nanos() / 1000) as u64
+            }) {
                 break;
             }
-            if messages.is_empty() || header_u64(&m.headers, HDR_PREV) == Some(last) {
-                last = m.sequence;
-                if let Some(msg) = to_message(channel, m.sequence, &m.headers, m.payload, || {
-                    (m.time.unix_timestamp_nanos() / 1000) as u64
-                }) {
-                    messages.push(Arc::new(msg));
+            direct += 1;
+            if let Way::Batched(scope) = way
+                && direct == DIRECT_PREFIX
+            {
+                let (timeout, counters) = (shared.config.request_timeout, &shared.history);
+                let mut read =
+                    read_batched(&link.stream, &subject, scope, timeout, counters, &mut page).await;
+                if read == Batched::Slow && scope == Scope::Channel && page.open() && page.dense() {
+                    let scope = Scope::Stream;
+                    read =
+                        read_batched(&link.stream, &subject, scope, timeout, counters, &mut page)
+                            .await;
                 }
-            } else {
-                // A hole in the middle (evicted while we walked): stop before it, so the caller
-                // resumes from `last` and the next read reports the gap in its proper place.
-                break;
+                if read == Batched::Done || !page.open() {
+                    break;
+                }
+                // Go on one by one after what the consumer delivered.
             }
-            if messages.len() < query.limit {
-                next = next_after(shared, &link, &subject, last + 1).await?;
-            }
+            next = next_after(shared, &link, &subject, page.last + 1).await?;
         }
-        Ok(HistoryPage { messages, gap })
+        Ok(HistoryPage {
+            messages: page.messages,
+            gap,
+        })
+    }
+
+    /// Counts of batched history reads since start-up (consumers created, messages they
+    /// delivered, and how often a read fell back to direct gets).
+    pub fn history_stats(&self) -> HistoryStats {
+        self.shared.history.snapshot()
+    }
+
+    /// [`Broker::history`], read the given way (feature `testing`): to compare the batched read
+    /// with direct gets (what every read did before it) on the same data.
+    #[cfg(feature = "testing")]
+    pub async fn history_by(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+        way: crate::HistoryWay,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.history_inner(channel, query, way.into()).await
     }
 }
 
@@ -708,7 +747,8 @@ impl Broker for NatsBroker {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> Result<HistoryPage, BrokerError> {
-        self.history_inner(channel, query).await
+        self.history_inner(channel, query, Way::Batched(Scope::Channel))
+            .await
     }
 
     async fn head(&self) -> Result<Cursor, BrokerError> {

@@ -70,4 +70,41 @@ async fn replicated_stream_on_a_cluster() {
     assert_eq!(got, sent);
     assert!(!page.gap);
     assert_eq!(a.head().await.unwrap(), sent[4]);
+
+    // A page longer than the direct-get prefix is read through a consumer (R1, in memory) on
+    // the replicated stream.
+    for i in 5..60 {
+        let data = Payload::from_json(i.to_string(), 100).unwrap();
+        let p = a
+            .publish(PublishRequest {
+                channel: c.clone(),
+                data,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        sent.push(p.cursor);
+    }
+    let before = a.history_stats();
+    let q = HistoryQuery {
+        after: Cursor::ZERO,
+        limit: 100,
+    };
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let page = a.history(&c, q).await.unwrap();
+        assert!(!page.gap);
+        got = page.messages.iter().map(|m| m.cursor).collect();
+        if got.len() == sent.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, sent);
+    let after = a.history_stats();
+    assert!(after.consumers > before.consumers, "{after:?}");
+    assert!(
+        after.consumer_messages > before.consumer_messages,
+        "{after:?}"
+    );
 }
