@@ -65,7 +65,7 @@ impl Since {
             return Ok(Since::All(base));
         };
         let names = sorted_names(channels);
-        if hash != base36(u64::from(set_hash(&names))) {
+        if hash != set_hash(names.iter().copied()) {
             return Err(InvalidCursor(format!(
                 "{}: a position token of another channel set",
                 text.chars().take(48).collect::<String>()
@@ -97,25 +97,37 @@ impl Since {
 /// The text form of a set of per-channel positions (see the module docs). An empty set is
 /// `"0"`.
 pub fn encode(positions: &BTreeMap<ChannelName, Cursor>) -> String {
+    encode_with(positions, None)
+}
+
+/// [`encode`] with the channel set's hash given ([`set_hash`]), for a caller that encodes
+/// the same set many times (an SSE stream, at every event).
+pub fn encode_with(positions: &BTreeMap<ChannelName, Cursor>, hash: Option<&str>) -> String {
     let base = positions.values().min().copied().unwrap_or(Cursor::ZERO);
-    let mut out = base.0.to_string();
+    let mut out = String::with_capacity(24 + positions.len() * 8);
+    let _ = write!(out, "{}", base.0);
     if positions.values().all(|c| *c == base) {
         return out;
     }
-    let names: Vec<&ChannelName> = positions.keys().collect();
     out.push('_');
-    out.push_str(&base36(u64::from(set_hash(&names))));
+    match hash {
+        Some(h) => out.push_str(h),
+        None => out.push_str(&set_hash(positions.keys())),
+    }
     for (index, cursor) in positions.values().enumerate() {
         if *cursor > base {
-            let _ = write!(
-                out,
-                "_{}.{}",
-                base36(index as u64),
-                base36(cursor.0 - base.0)
-            );
+            out.push('_');
+            push36(&mut out, index as u64);
+            out.push('.');
+            push36(&mut out, cursor.0 - base.0);
         }
     }
     out
+}
+
+/// The hash part of a token for a set of channels given in sorted order.
+pub fn set_hash<'a>(names: impl Iterator<Item = &'a ChannelName>) -> String {
+    base36(u64::from(fnv(names)))
 }
 
 fn sorted_names(channels: &[ChannelName]) -> Vec<&ChannelName> {
@@ -126,9 +138,9 @@ fn sorted_names(channels: &[ChannelName]) -> Vec<&ChannelName> {
 }
 
 /// FNV-1a (32 bits) of the names joined by `\n`.
-fn set_hash(names: &[&ChannelName]) -> u32 {
+fn fnv<'a>(names: impl Iterator<Item = &'a ChannelName>) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in names.enumerate() {
         if i > 0 {
             h = (h ^ u32::from(b'\n')).wrapping_mul(0x0100_0193);
         }
@@ -139,7 +151,8 @@ fn set_hash(names: &[&ChannelName]) -> u32 {
     h
 }
 
-fn base36(mut n: u64) -> String {
+/// Appends `n` in lowercase base 36.
+fn push36(out: &mut String, mut n: u64) {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut buf = [0u8; 13];
     let mut i = buf.len();
@@ -151,7 +164,15 @@ fn base36(mut n: u64) -> String {
             break;
         }
     }
-    String::from_utf8_lossy(&buf[i..]).into_owned()
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
+fn base36(n: u64) -> String {
+    let mut s = String::with_capacity(13);
+    push36(&mut s, n);
+    s
 }
 
 /// Canonical lowercase base 36 (no leading zeros, at most 13 digits).

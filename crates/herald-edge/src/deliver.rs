@@ -77,7 +77,7 @@ pub(crate) fn live(
     session: &mut Session,
     protocol: Protocol,
     batch: &mut Vec<Item>,
-    mut emit: impl FnMut(&Session, &Step),
+    mut emit: impl FnMut(&mut Session, &Step),
 ) {
     let now = unix_micros();
     for item in batch.drain(..) {
@@ -104,7 +104,7 @@ pub(crate) fn catch_up(
     session: &mut Session,
     protocol: Protocol,
     steps: &mut Vec<Step>,
-    mut emit: impl FnMut(&Session, &Step),
+    mut emit: impl FnMut(&mut Session, &Step),
 ) {
     let now = unix_micros();
     for step in steps.drain(..) {

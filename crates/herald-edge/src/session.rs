@@ -80,6 +80,9 @@ pub(crate) struct Session {
     pub(crate) reg: Registration,
     /// Subscribed channels and the position of each.
     positions: BTreeMap<ChannelName, Cursor>,
+    /// The channel set's hash in position tokens, computed once per change of the set
+    /// (an SSE stream with several channels encodes a token at every event).
+    set_hash: Option<Box<str>>,
 }
 
 impl Session {
@@ -88,6 +91,7 @@ impl Session {
             edge,
             reg,
             positions: BTreeMap::new(),
+            set_hash: None,
         }
     }
 
@@ -152,6 +156,7 @@ impl Session {
             };
             lowest = Some(lowest.map_or(position, |l| l.min(position)));
             self.positions.insert(c.clone(), position);
+            self.set_hash = None;
             match (since.of(c), resume) {
                 (None, _) => {}
                 (Some(_), Resume::Covered { messages, through }) => {
@@ -192,6 +197,7 @@ impl Session {
             for c in &channels {
                 self.positions.remove(c);
             }
+            self.set_hash = None;
             return Err(EdgeError::Broker(e));
         }
         // After a gap the client's old position means nothing (it may be one the broker
@@ -341,6 +347,7 @@ impl Session {
         for c in channels {
             self.positions.insert(c.clone(), at);
         }
+        self.set_hash = None;
         Ok(())
     }
 
@@ -359,6 +366,7 @@ impl Session {
                 removed.push(c.clone());
             }
         }
+        self.set_hash = None;
         removed
     }
 
@@ -391,8 +399,12 @@ impl Session {
     }
 
     /// The connection's position in all its channels, as a position token (an SSE `id:`).
-    pub(crate) fn token(&self) -> String {
-        herald_core::position::encode(&self.positions)
+    pub(crate) fn token(&mut self) -> String {
+        let positions = &self.positions;
+        let hash = self
+            .set_hash
+            .get_or_insert_with(|| herald_core::position::set_hash(positions.keys()).into());
+        herald_core::position::encode_with(&self.positions, Some(hash))
     }
 
     /// How many channels are subscribed.

@@ -51,7 +51,7 @@ fn event(name: &str, id: Option<&str>, data: &serde_json::Value) -> Bytes {
 /// token after it: with one channel that is the message's own id, and the event was built
 /// once for every connection; with several, the shared `event:`/`data:` lines follow this
 /// connection's `id:` line.
-fn encode(session: &Session, step: &Step, out: &mut VecDeque<Bytes>) {
+fn encode(session: &mut Session, step: &Step, out: &mut VecDeque<Bytes>) {
     match step {
         Step::Message(m) => {
             let whole = m.sse_event();
