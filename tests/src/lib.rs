@@ -11,6 +11,7 @@
 //! own environment is never changed.
 
 pub mod cluster;
+pub mod harden;
 pub mod observe;
 pub mod resume;
 

@@ -14,6 +14,7 @@ mod limits;
 mod outbox;
 mod params;
 mod poll;
+mod proxy;
 mod rawsse;
 mod registry;
 mod server;
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::EdgeError;
+pub use proxy::{ForwardedHeader, IpNet, TrustedProxies};
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers that see
 /// untrusted client input, each checked for the properties its callers rely on.
@@ -123,6 +125,12 @@ pub struct EdgeConfig {
     pub connection_rate_per_ip: u32,
     /// Who may read which channel: token verification and namespace rules.
     pub policy: Arc<herald_auth::Policy>,
+    /// Sockets the client port may hold open at once, whatever they carry (held connections,
+    /// polls, idle keep-alive, heads being read); beyond it a new socket is answered 503
+    /// `too_many_connections` and closed. The binary derives it from the descriptor limit.
+    pub max_client_sockets: usize,
+    /// Proxies whose forwarding header names the client (per-IP rate, poll clients, logs).
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl EdgeConfig {
@@ -194,6 +202,8 @@ impl Default for EdgeConfig {
             ws_origins: vec!["*".into()],
             connection_rate_per_ip: 0,
             policy: Arc::new(herald_auth::Policy::open()),
+            max_client_sockets: usize::MAX,
+            trusted_proxies: Arc::new(TrustedProxies::default()),
         }
     }
 }

@@ -23,9 +23,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use herald_telemetry::Metrics;
-
-use crate::{ConnKill, limits::write_refusal};
+use crate::{
+    ConnKill,
+    limits::{Admission, RATE_LIMITED, SocketSlot, write_refusal},
+};
 
 /// What a request line must start with to be served here.
 const PREFIXES: [&[u8]; 2] = [b"GET /sse?", b"GET /sse "];
@@ -137,16 +138,29 @@ async fn read_head(
     Ok((request, http10))
 }
 
+/// An accepted connection recognised as `GET /sse`.
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    /// Its place under the client socket cap, released when the connection ends.
+    pub(crate) slot: SocketSlot,
+    pub(crate) peer: SocketAddr,
+}
+
 /// Serves the connection's one SSE request, then closes it.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
     router: Router,
     kill: CancellationToken,
     max_head: usize,
     deadline: Instant,
-    metrics: &Metrics,
+    admission: &Admission,
 ) {
+    let Conn {
+        mut stream,
+        slot,
+        peer,
+    } = conn;
+    let metrics = &*admission.metrics;
     let (mut request, http10) = match read_head(&mut stream, max_head, deadline).await {
         Ok(r) => r,
         Err(HeadError::Gone) => {
@@ -178,7 +192,15 @@ pub(crate) async fn serve(
             return;
         }
     };
-    request.extensions_mut().insert(ConnectInfo(peer));
+    let client = match admission.request_client(peer, request.headers()) {
+        Ok(client) => client,
+        Err(_) => {
+            let (status, code, message) = RATE_LIMITED;
+            let _ = write_refusal(&mut stream, status, code, message).await;
+            return;
+        }
+    };
+    request.extensions_mut().insert(ConnectInfo(client));
     request.extensions_mut().insert(ConnKill(kill.clone()));
     let response = match router.oneshot(request).await {
         Ok(r) => r,
@@ -189,6 +211,8 @@ pub(crate) async fn serve(
         // Stuck writing to a client that stopped reading: drop the connection.
         () = kill.cancelled() => {}
     }
+    drop(stream);
+    drop(slot);
 }
 
 async fn write_response(stream: &mut TcpStream, response: Response<Body>, http10: bool) {

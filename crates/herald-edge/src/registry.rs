@@ -27,6 +27,8 @@ pub(crate) struct Registry {
     /// Outbox per connection: closing it with [`Closed::Drain`] makes the connection leave.
     conns: Mutex<HashMap<u64, (Arc<Outbox>, CancellationToken)>>,
     metrics: Arc<Metrics>,
+    /// Refusals at the limit, logged at most every few seconds.
+    full: crate::limits::Throttled,
 }
 
 /// A registered connection; unregisters (and counts the close) when dropped.
@@ -52,6 +54,7 @@ impl Registry {
             max,
             conns: Mutex::new(HashMap::new()),
             metrics,
+            full: crate::limits::Throttled::new(),
         }
     }
 
@@ -64,6 +67,13 @@ impl Registry {
     ) -> Option<Registration> {
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.count.fetch_sub(1, Ordering::AcqRel);
+            if let Some(refused) = self.full.hit() {
+                tracing::warn!(
+                    held = self.max,
+                    refused,
+                    "held connection limit reached (HERALD_MAX_CONNECTIONS, or lower when the descriptor limit allows fewer): new WebSocket, SSE and long-poll requests get 503 too_many_connections (count since the last such line)"
+                );
+            }
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

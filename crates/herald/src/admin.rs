@@ -20,6 +20,8 @@ pub(crate) struct Admin {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) edge: Edge,
     pub(crate) metrics: Arc<Metrics>,
+    /// Set while the node waits for its first broker connection (NATS).
+    pub(crate) pending: Option<Arc<crate::pending::PendingBroker>>,
 }
 
 pub(crate) fn router(admin: Admin) -> Router {
@@ -37,11 +39,25 @@ async fn readyz(State(a): State<Admin>) -> Response {
     let connected = *a.broker.state().borrow() == BrokerState::Connected;
     let draining = a.edge.is_draining();
     let ready = connected && !draining;
-    let body = Json(serde_json::json!({
+    let waiting = a.pending.as_ref().and_then(|p| p.waiting());
+    let mut body = serde_json::json!({
         "ready": ready,
-        "broker": if connected { "connected" } else { "disconnected" },
+        "broker": if connected { "connected" } else if waiting.is_some() { "connecting" } else { "disconnected" },
         "draining": draining,
-    }));
+    });
+    if !ready {
+        body["reason"] = serde_json::Value::String(if draining {
+            "draining: this node is leaving; clients are moved to other nodes".to_owned()
+        } else if let Some(w) = waiting {
+            w
+        } else {
+            format!(
+                "the {} broker connection is down; reconnecting",
+                a.broker.kind()
+            )
+        });
+    }
+    let body = Json(body);
     let status = if ready {
         StatusCode::OK
     } else {

@@ -226,6 +226,23 @@ pub(crate) struct Settings {
     #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub(crate) header_read_timeout: Option<Duration>,
+    /// Serve the gRPC API without API keys on a non-loopback address (anyone who reaches the
+    /// port can publish and drain) [default: false: without keys the API listens on loopback
+    /// only].
+    #[arg(long, env = "HERALD_API_INSECURE")]
+    pub(crate) api_insecure: Option<bool>,
+    /// Proxies (CIDR list, e.g. 10.0.0.0/8,192.168.1.7) whose forwarding header names the
+    /// client address; from any other peer, the peer address is the client [default: none].
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES")]
+    pub(crate) trusted_proxies: Option<String>,
+    /// The header trusted proxies maintain: x-forwarded-for or forwarded (RFC 7239)
+    /// [default: x-forwarded-for].
+    #[arg(long, env = "HERALD_FORWARDED_HEADER")]
+    pub(crate) forwarded_header: Option<String>,
+    /// File descriptors kept out of the client connection budget for the admin port, gRPC,
+    /// NATS and files [default: 5% of the descriptor limit, 64 to 2048].
+    #[arg(long, env = "HERALD_FD_RESERVE")]
+    pub(crate) fd_reserve: Option<u64>,
     /// Log filter, RUST_LOG syntax [default: info].
     #[arg(long, env = "HERALD_LOG")]
     pub(crate) log: Option<String>,
@@ -258,7 +275,8 @@ impl Settings {
             ws_ping_interval, drain_timeout, drain_rate, log, log_format, api_keys,
             api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval, auth_hmac_secret,
             auth_jwks_file, auth_issuer, auth_audience, auth_leeway, anonymous, namespaces,
-            ws_origins, connection_rate_per_ip, header_read_timeout);
+            ws_origins, connection_rate_per_ip, header_read_timeout, api_insecure,
+            trusted_proxies, forwarded_header, fd_reserve);
         Ok(self)
     }
 }
@@ -279,6 +297,12 @@ pub(crate) struct Config {
     pub(crate) drain_rate: usize,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) grpc_tls: Option<TlsFiles>,
+    /// `HERALD_API_INSECURE`: the API may be served without keys beyond loopback.
+    pub(crate) api_insecure: bool,
+    /// No API key and no `HERALD_GRPC_ADDR`: the API was moved to loopback.
+    pub(crate) grpc_loopback_only: bool,
+    /// `HERALD_FD_RESERVE`, if set.
+    pub(crate) fd_reserve: Option<u64>,
     pub(crate) log: String,
     pub(crate) log_format: LogFormat,
 }
@@ -559,13 +583,50 @@ impl Config {
         {
             bail!("HERALD_HEARTBEAT_INTERVAL must be 100ms to 10m, got {heartbeat_interval:?}");
         }
+        let header = match &s.forwarded_header {
+            Some(h) => h
+                .parse::<herald_edge::ForwardedHeader>()
+                .map_err(|e| anyhow::anyhow!("HERALD_FORWARDED_HEADER: {e}"))?,
+            None => herald_edge::ForwardedHeader::default(),
+        };
+        let proxies = herald_edge::TrustedProxies::parse(
+            s.trusted_proxies.as_deref().unwrap_or(""),
+            header,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!("HERALD_TRUSTED_PROXIES: {e} (give a comma-separated CIDR list like 10.0.0.0/8,192.168.1.7)")
+        })?;
+        edge.trusted_proxies = Arc::new(proxies);
+        if s.fd_reserve == Some(0) {
+            bail!("HERALD_FD_RESERVE must be at least 1");
+        }
+        // Secure by default: without API keys, the control plane (publish, drain) is only
+        // reachable from this machine unless the operator says otherwise.
+        let api_insecure = s.api_insecure.unwrap_or(false);
+        let mut grpc_addr = s.grpc_addr.unwrap_or_else(|| parse_addr(DEFAULT_GRPC_ADDR));
+        let mut grpc_loopback_only = false;
+        if control.api_keys.is_open() && !api_insecure {
+            match s.grpc_addr {
+                None => {
+                    grpc_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    grpc_loopback_only = true;
+                }
+                Some(addr) if !addr.ip().is_loopback() => bail!(
+                    "HERALD_GRPC_ADDR {addr} is not a loopback address and no API key is configured: \
+                     anyone reaching it could publish and drain. Set HERALD_API_KEYS or \
+                     HERALD_API_KEYS_FILE, listen on 127.0.0.1, or set HERALD_API_INSECURE=true \
+                     to serve the API without keys"
+                ),
+                Some(_) => {}
+            }
+        }
         let node_id = s.node_id.unwrap_or_else(default_node_id);
         if node_id.is_empty() || node_id.len() > 128 {
             bail!("HERALD_NODE_ID must be 1 to 128 characters");
         }
         Ok(Self {
             http_addr: s.http_addr.unwrap_or_else(|| parse_addr(DEFAULT_HTTP_ADDR)),
-            grpc_addr: s.grpc_addr.unwrap_or_else(|| parse_addr(DEFAULT_GRPC_ADDR)),
+            grpc_addr,
             admin_addr: s
                 .admin_addr
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
@@ -606,6 +667,9 @@ impl Config {
             drain_rate: s.drain_rate.unwrap_or(DEFAULT_DRAIN_RATE).max(1),
             heartbeat_interval,
             grpc_tls,
+            api_insecure,
+            grpc_loopback_only,
+            fd_reserve: s.fd_reserve,
             log: s.log.unwrap_or_else(|| "info".to_owned()),
             log_format: s.log_format.unwrap_or(LogFormat::Text),
         })
@@ -632,6 +696,74 @@ mod tests {
         assert_eq!(c.admin_addr.port(), 9464);
         assert_eq!(c.broker, BrokerKind::Memory);
         assert_eq!(c.history, HistoryLimits::default());
+    }
+
+    #[test]
+    fn without_keys_the_api_stays_on_loopback() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert!(c.grpc_loopback_only);
+        let given = |addr: &str, keys: Option<&str>, insecure: Option<bool>| {
+            Config::from_settings(Settings {
+                grpc_addr: Some(addr.parse().unwrap()),
+                api_keys: keys.map(str::to_owned),
+                api_insecure: insecure,
+                ..Default::default()
+            })
+        };
+        let e = given("0.0.0.0:50051", None, None).unwrap_err().to_string();
+        assert!(
+            e.contains("HERALD_API_INSECURE") && e.contains("HERALD_API_KEYS"),
+            "{e}"
+        );
+        assert!(given("10.1.2.3:50051", None, Some(false)).is_err());
+        assert!(given("127.0.0.1:7", None, None).is_ok());
+        assert!(given("[::1]:7", None, None).is_ok());
+        let c = given("0.0.0.0:50051", None, Some(true)).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "0.0.0.0:50051");
+        let c = given("0.0.0.0:50051", Some("0123456789abcdef0123"), None).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "0.0.0.0:50051");
+        let c = Config::from_settings(Settings {
+            api_keys: Some("0123456789abcdef0123".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+        assert!(!c.grpc_loopback_only);
+        let c = Config::from_settings(Settings {
+            api_insecure: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+    }
+
+    #[test]
+    fn trusted_proxies_are_parsed() {
+        let c = Config::from_settings(Settings {
+            trusted_proxies: Some("10.0.0.0/8, 192.168.1.7".into()),
+            forwarded_header: Some("Forwarded".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let p = &c.edge.trusted_proxies;
+        assert_eq!(p.nets().len(), 2);
+        assert_eq!(p.header(), herald_edge::ForwardedHeader::Forwarded);
+        assert!(p.trusts("10.3.3.3".parse().unwrap()));
+        for (proxies, header, key) in [
+            ("10.0.0.1/8", None, "HERALD_TRUSTED_PROXIES"),
+            ("lb.example.com", None, "HERALD_TRUSTED_PROXIES"),
+            ("10.0.0.0/8", Some("x-real-ip"), "HERALD_FORWARDED_HEADER"),
+        ] {
+            let e = Config::from_settings(Settings {
+                trusted_proxies: Some(proxies.into()),
+                forwarded_header: header.map(str::to_owned),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

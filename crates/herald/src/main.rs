@@ -4,6 +4,8 @@
 mod admin;
 mod cli;
 mod config;
+mod descriptors;
+mod pending;
 mod serve;
 
 use clap::{Parser, Subcommand};

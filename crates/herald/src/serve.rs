@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     VERSION, admin,
     config::{BrokerKind, Config, LogFormat, Settings},
+    descriptors,
+    pending::{PendingBroker, PendingCluster},
 };
 
 /// This node as the cluster layer sees it.
@@ -64,7 +66,7 @@ async fn bind(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListen
 }
 
 pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let config = Config::from_settings(settings.with_file()?)?;
+    let mut config = Config::from_settings(settings.with_file()?)?;
     let traces = herald_telemetry::trace::init(
         &config.log,
         config.log_format == LogFormat::Json,
@@ -73,6 +75,7 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
     if traces.exporting() {
         tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)");
     }
+    apply_descriptor_limit(&mut config)?;
 
     let http = bind(config.http_addr, "HERALD_HTTP_ADDR").await?;
     let grpc = bind(config.grpc_addr, "HERALD_GRPC_ADDR").await?;
@@ -83,25 +86,20 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         BrokerKind::Memory => "memory",
         BrokerKind::Nats => "nats",
     });
-    let mut nats = None;
-    let broker: Arc<dyn Broker> = match config.broker {
-        BrokerKind::Memory => Arc::new(MemoryBroker::new(config.memory_broker())),
-        BrokerKind::Nats => {
-            let broker = connect_nats(&config).await?;
-            let reconnects = metrics.broker_reconnects.clone();
-            let watched = broker.clone();
-            tokio::spawn(async move {
-                let mut seen = 0;
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let now = watched.reconnects();
-                    reconnects.inc_by(now.saturating_sub(seen));
-                    seen = now;
-                }
-            });
-            nats = Some(broker.clone());
-            Arc::new(broker)
-        }
+    // With NATS, the node serves at once and connects in the background (see `pending`).
+    let pending = match config.broker {
+        BrokerKind::Memory => None,
+        BrokerKind::Nats => Some(PendingBroker::new(
+            "nats",
+            format!(
+                "waiting for the first connection to NATS ({})",
+                config.nats.urls.join(",")
+            ),
+        )),
+    };
+    let broker: Arc<dyn Broker> = match &pending {
+        None => Arc::new(MemoryBroker::new(config.memory_broker())),
+        Some(p) => p.clone(),
     };
     let edge = Edge::new(config.edge.clone(), broker.clone(), metrics.clone());
     let node = Arc::new(Node {
@@ -110,38 +108,43 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         edge: edge.clone(),
         drain_rate: config.drain_rate,
     });
-    let (cluster, nats_cluster): (Arc<dyn Cluster>, Option<Arc<NatsCluster>>) = match &nats {
-        Some(nats) => {
-            let c = Arc::new(NatsCluster::new(
-                nats,
-                node.clone(),
-                NatsClusterConfig {
-                    heartbeat_interval: config.heartbeat_interval,
-                    ..NatsClusterConfig::default()
-                },
-            ));
-            (c.clone(), Some(c))
-        }
-        None => (Arc::new(LocalCluster::new(node.clone())), None),
+    let local = LocalCluster::new(node.clone());
+    let pending_cluster = pending.as_ref().map(|_| PendingCluster::new(local));
+    let cluster: Arc<dyn Cluster> = match &pending_cluster {
+        Some(c) => c.clone(),
+        None => Arc::new(LocalCluster::new(node.clone())),
     };
     if config.control.api_keys.is_open() {
-        tracing::warn!(
-            "NO API KEY CONFIGURED: the gRPC API (publish, drain) is open to anyone who can reach {}; set HERALD_API_KEYS or HERALD_API_KEYS_FILE",
-            config.grpc_addr
-        );
+        if config.grpc_loopback_only {
+            tracing::warn!(
+                grpc = %config.grpc_addr,
+                "no API key configured: the gRPC API (publish, drain) listens on loopback only; set HERALD_API_KEYS or HERALD_API_KEYS_FILE to serve it on other addresses (or HERALD_API_INSECURE=true to do so without keys)"
+            );
+        } else if config.grpc_addr.ip().is_loopback() {
+            tracing::warn!(grpc = %config.grpc_addr, "no API key configured: the gRPC API is open to anyone on this machine");
+        } else {
+            tracing::warn!(
+                "NO API KEY CONFIGURED and HERALD_API_INSECURE=true: the gRPC API (publish, drain) is open to anyone who can reach {}",
+                config.grpc_addr
+            );
+        }
     } else {
         tracing::info!(
             keys = config.control.api_keys.len(),
+            ignored_api_insecure = config.api_insecure,
             "gRPC API keys required"
         );
     }
     let policy = &config.edge.policy;
+    let proxies = &config.edge.trusted_proxies;
     tracing::info!(
         verifies_tokens = policy.verifies_tokens(),
         requires_tokens = policy.requires_tokens(),
         ws_origins = ?config.edge.ws_origins,
         cors_origins = ?config.edge.cors_origins,
         connection_rate_per_ip = config.edge.connection_rate_per_ip,
+        trusted_proxies = %proxies.nets().iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        forwarded_header = ?proxies.header(),
         "client access"
     );
     let control = HeraldService::new(
@@ -166,7 +169,8 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
     let admin_router = admin::router(admin::Admin {
         broker: broker.clone(),
         edge: edge.clone(),
-        metrics,
+        metrics: metrics.clone(),
+        pending: pending.clone(),
     });
     let admin_task = tokio::spawn({
         let stop = stop_rest.clone();
@@ -182,7 +186,60 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         "herald is serving"
     );
 
-    let signal = shutdown_signal().await?;
+    // NATS: connect in the background; a settings error ends the node.
+    let nats_cluster: Arc<std::sync::OnceLock<Arc<NatsCluster>>> = Arc::default();
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
+    let connect_task = match (&pending, &pending_cluster) {
+        (Some(pending), Some(pending_cluster)) => {
+            let (pending, pending_cluster) = (pending.clone(), pending_cluster.clone());
+            let (nats_config, heartbeat_interval) =
+                (config.nats.clone(), config.heartbeat_interval);
+            let (node, metrics, slot) = (node.clone(), metrics.clone(), nats_cluster.clone());
+            Some(tokio::spawn(async move {
+                let broker = match connect_nats(&nats_config, &pending).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = fatal_tx.send(e).await;
+                        return;
+                    }
+                };
+                let cluster = Arc::new(NatsCluster::new(
+                    &broker,
+                    node,
+                    NatsClusterConfig {
+                        heartbeat_interval,
+                        ..NatsClusterConfig::default()
+                    },
+                ));
+                let _ = slot.set(cluster.clone());
+                pending_cluster.connected(cluster);
+                pending.connected(Arc::new(broker.clone()));
+                let reconnects = metrics.broker_reconnects.clone();
+                let mut seen = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let now = broker.reconnects();
+                    reconnects.inc_by(now.saturating_sub(seen));
+                    seen = now;
+                }
+            }))
+        }
+        _ => None,
+    };
+
+    let signal = tokio::select! {
+        signal = shutdown_signal() => signal?,
+        Some(error) = fatal_rx.recv() => {
+            stop_http.cancel();
+            stop_rest.cancel();
+            return Err(error);
+        }
+    };
+    if let Some(task) = &connect_task
+        && pending.as_ref().is_some_and(|p| p.waiting().is_some())
+    {
+        task.abort();
+    }
     tracing::info!(signal, held = edge.held_connections(), "draining");
     let deadline = Instant::now() + config.drain_timeout;
     stop_http.cancel();
@@ -206,8 +263,11 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         _ = shutdown_signal() => tracing::warn!("second signal: exiting without finishing the drain"),
     }
-    if let Some(c) = &nats_cluster {
+    if let Some(c) = nats_cluster.get() {
         c.leave().await;
+    }
+    if let Some(task) = connect_task {
+        task.abort();
     }
     stop_rest.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), grpc_task).await;
@@ -217,25 +277,68 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to NATS, retrying with backoff until it answers (or a signal stops the wait):
-/// at start-up NATS may not be ready yet.
-async fn connect_nats(config: &Config) -> anyhow::Result<NatsBroker> {
-    let mut backoff = Duration::from_millis(500);
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
+/// Raises the descriptor limit, caps client sockets and held connections to what it allows,
+/// and says what was chosen.
+fn apply_descriptor_limit(config: &mut Config) -> anyhow::Result<()> {
+    let budget = descriptors::raise_and_split(config.fd_reserve)?;
+    let sockets = usize::try_from(budget.client_sockets).unwrap_or(usize::MAX);
+    let asked = config.edge.max_connections;
+    config.edge.max_client_sockets = sockets;
+    config.edge.max_connections = asked.min(sockets);
+    tracing::info!(
+        nofile = budget.limit,
+        nofile_before = budget.soft_before,
+        reserve = budget.reserve,
+        client_connections = sockets,
+        held_connections = config.edge.max_connections,
+        "file descriptors: soft limit {} (was {}); {} kept for admin, gRPC, NATS and files; up to {} client connections",
+        budget.limit,
+        budget.soft_before,
+        budget.reserve,
+        sockets
+    );
+    if asked > sockets {
+        tracing::warn!(
+            max_connections = asked,
+            allowed = sockets,
+            "HERALD_MAX_CONNECTIONS ({asked}) is more than the descriptor limit allows: holding at most {sockets}; raise the limit (ulimit -n / LimitNOFILE / the container runtime) to hold more"
+        );
+    }
+    Ok(())
+}
+
+/// Connects to NATS, retrying until it answers: at start-up NATS may not be up yet. Attempts
+/// follow each other quickly (backoff 250 ms doubling to at most 1 s), so the node is ready
+/// within about a second of NATS appearing. Settings errors end the wait.
+async fn connect_nats(
+    nats: &herald_nats::NatsBrokerConfig,
+    pending: &PendingBroker,
+) -> anyhow::Result<NatsBroker> {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(1);
+    let mut backoff = FIRST;
+    let mut attempts = 0u64;
     loop {
-        match NatsBroker::connect(config.nats.clone()).await {
-            Ok(b) => return Ok(b),
+        attempts += 1;
+        match NatsBroker::connect(nats.clone()).await {
+            Ok(b) => {
+                tracing::info!(attempts, "NATS reached: ready");
+                return Ok(b);
+            }
             Err(e @ herald_nats::NatsError::Config { .. }) => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(error = %e, urls = ?config.nats.urls, retry_in = ?backoff, "NATS not reachable yet")
+                pending.set_waiting(format!(
+                    "waiting for the first connection to NATS ({}): {e}",
+                    nats.urls.join(",")
+                ));
+                // Every attempt at first, then one line in 20 (about every 20 s).
+                if attempts <= 3 || attempts.is_multiple_of(20) {
+                    tracing::warn!(error = %e, urls = ?nats.urls, attempts, retry_in = ?backoff, "NATS not reachable yet; serving health, metrics and refusals meanwhile");
+                }
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            _ = &mut stop => anyhow::bail!("stopped while waiting for NATS"),
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX);
     }
 }
 
