@@ -9,6 +9,7 @@
 #      HTTPRoute), which kubernetes-validate has no schema for, against minimal structural
 #      schemas in scripts/helm/chartcheck.py.
 #   4. Bad values (helm/tests/bad/) that values.schema.json or the templates must reject.
+#      Also an "upgrade" render with the generated API key Secret already in the (fake) cluster.
 #   5. deploy/compose.yaml and the NATS/Prometheus configs checked by their own tools.
 #   6. helm/tests/test_*.py: assertions on the rendered output, the real binary run with the
 #      rendered environment, and the rendered NATS config run as a 3-server cluster.
@@ -85,7 +86,8 @@ for s in "${scenarios[@]}"; do
   log "helm lint + render: $s"
   args=()
   [ "$s" = default ] || args=(-f "helm/tests/values/$s.yaml")
-  if ! $RENDER "$CHART" "${args[@]}" -o "$OUT/render/$s.yaml" 2>"$OUT/render/$s.log"; then
+  if ! $RENDER "$CHART" "${args[@]}" -o "$OUT/render/$s.yaml" --notes "$OUT/render/$s.notes.txt" \
+      2>"$OUT/render/$s.log"; then
     grep -v 'found symbolic link' "$OUT/render/$s.log" >&2 || true
     die "render of $s"
   fi
@@ -104,6 +106,10 @@ $RENDER "$CHART" -f helm/tests/values/all-on.yaml --name "$LONG_RELEASE" --names
 mkdir -p "$OUT/split/long-name"
 $CHECK split "$OUT/render/long-name.yaml" "$OUT/split/long-name"
 scenarios+=(long-name)
+
+log "helm render: upgrade (the generated API key Secret exists already: lookup must keep its key)"
+$RENDER "$CHART" --lookup helm/tests/lookup/api-keys-secret.yaml -o "$OUT/render/upgrade.yaml" \
+  2> >(grep -v 'found symbolic link' >&2)
 
 # --- 3. manifests ---------------------------------------------------------------------------
 for s in "${scenarios[@]}"; do

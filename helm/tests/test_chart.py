@@ -25,7 +25,7 @@ import yaml
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RENDER = os.environ.get("HERALD_RENDER_DIR", os.path.join(ROOT, "target", "helm-check", "render"))
 CHART = os.path.join(ROOT, "helm", "herald")
-SCENARIOS = ["default", "all-on", "external-nats", "memory", "nats-single"]
+SCENARIOS = ["default", "all-on", "external-nats", "memory", "nats-single", "insecure"]
 NAMESPACE = os.environ.get("HERALD_RENDER_NAMESPACE", "default")
 
 
@@ -416,7 +416,7 @@ class Toggles(unittest.TestCase):
 
     def test_secrets_by_reference(self):
         docs = load("all-on")
-        self.assertEqual(find(docs, "Secret"), [], "the chart must not create Secrets")
+        self.assertEqual(find(docs, "Secret"), [], "with existingSecret, the chart creates no Secret")
         env = herald_env(docs)
         c = herald_container(docs)
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
@@ -424,6 +424,71 @@ class Toggles(unittest.TestCase):
         self.assertEqual(os.path.dirname(env["HERALD_GRPC_TLS_CERT"]), mounts["grpc-tls"])
         vols = {v["name"]: v for v in herald_deployment(docs)["spec"]["template"]["spec"]["volumes"]}
         self.assertEqual(vols["api-keys"]["secret"]["secretName"], "herald-api-keys")
+
+    def test_default_generates_an_api_key_wired_into_the_pods(self):
+        import base64
+        for s in ("default", "memory", "nats-single", "external-nats"):
+            docs = load(s)
+            secret = one(docs, "Secret")
+            self.assertEqual(secret["metadata"]["name"], "rel-herald-api-keys", s)
+            key = base64.b64decode(secret["data"]["api-keys"]).decode().strip()
+            self.assertRegex(key, r"^[A-Za-z0-9]{48}$", s)
+            env = herald_env(docs)
+            self.assertNotIn("HERALD_API_INSECURE", env, s)
+            c = herald_container(docs)
+            mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+            self.assertEqual(env["HERALD_API_KEYS_FILE"], mounts["api-keys"] + "/api-keys", s)
+            vols = {v["name"]: v for v in herald_deployment(docs)["spec"]["template"]["spec"]["volumes"]}
+            self.assertEqual(vols["api-keys"]["secret"]["secretName"], "rel-herald-api-keys", s)
+            self.assertEqual(env["HERALD_GRPC_ADDR"], "0.0.0.0:50051", s)
+        # NOTES.txt tells how to read it (rendered by helm_render.py into the notes file).
+        notes = os.path.join(RENDER, "default.notes.txt")
+        if os.path.exists(notes):
+            self.assertIn("get secret rel-herald-api-keys -o jsonpath='{.data.api-keys}' | base64 -d", read(notes))
+
+    def test_upgrade_keeps_the_generated_key(self):
+        import base64
+        docs = load("upgrade")
+        key = base64.b64decode(one(docs, "Secret")["data"]["api-keys"]).decode().strip()
+        self.assertEqual(key, "kept-from-the-first-install-0123456789abcdef")
+
+    def test_insecure_has_no_key_and_says_so(self):
+        docs = load("insecure")
+        self.assertEqual(find(docs, "Secret"), [])
+        env = herald_env(docs)
+        self.assertEqual(env["HERALD_API_INSECURE"], "true")
+        self.assertNotIn("HERALD_API_KEYS_FILE", env)
+
+    def test_client_auth_namespaces_and_proxies_reach_the_container(self):
+        docs = load("all-on")
+        env = herald_env(docs)
+        self.assertEqual(env["HERALD_AUTH_HMAC_SECRET"],
+                         {"secretKeyRef": {"name": "herald-client-auth", "key": "hmac-secret"}})
+        c = herald_container(docs)
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        vols = {v["name"]: v for v in herald_deployment(docs)["spec"]["template"]["spec"]["volumes"]}
+        self.assertEqual(env["HERALD_AUTH_JWKS_FILE"], mounts["jwks"] + "/jwks.json")
+        self.assertEqual(vols["jwks"]["secret"]["secretName"], "herald-client-jwks")
+        self.assertEqual(env["HERALD_AUTH_ISSUER"], "https://auth.example.com")
+        self.assertEqual(env["HERALD_AUTH_AUDIENCE"], "push")
+        self.assertEqual(env["HERALD_ANONYMOUS"], "false")
+        self.assertEqual(env["HERALD_WS_ORIGINS"], "https://app.example.com")
+        self.assertEqual(env["HERALD_TRUSTED_PROXIES"], "10.0.0.0/8,fd00::/8")
+        self.assertEqual(env["HERALD_FORWARDED_HEADER"], "x-forwarded-for")
+        self.assertEqual(os.path.dirname(env["HERALD_CONFIG"]), mounts["config"])
+        cm = one(docs, "ConfigMap", vols["config"]["configMap"]["name"])
+        toml_text = cm["data"][os.path.basename(env["HERALD_CONFIG"])]
+        import tomllib
+        parsed = tomllib.loads(toml_text)
+        self.assertEqual(parsed["namespaces"], {
+            "public": {"anonymous": True},
+            "chat": {"anonymous": False, "history_size": 50, "history_ttl": "1m"},
+        })
+        # None of it in the default render.
+        env = herald_env(load("default"))
+        for k in ("HERALD_AUTH_HMAC_SECRET", "HERALD_AUTH_JWKS_FILE", "HERALD_CONFIG",
+                  "HERALD_TRUSTED_PROXIES", "HERALD_ANONYMOUS"):
+            self.assertNotIn(k, env)
 
     def test_network_policies_cover_herald_and_nats(self):
         docs = load("all-on")

@@ -97,6 +97,13 @@ class BundledNatsCluster(unittest.TestCase):
             env[f"HERALD_{k}_ADDR"] = f"127.0.0.1:{p}"
         env["HERALD_NATS_URL"] = f"nats://127.0.0.1:{ports[0]['client']}"
         env["HERALD_NODE_ID"] = "check-nats-cluster"
+        if "HERALD_API_KEYS_FILE" in env:  # the chart's generated key Secret, mounted
+            import base64
+            secret = one(docs, "Secret")
+            keys = os.path.join(tmp, "api-keys")
+            with open(keys, "wb") as f:
+                f.write(base64.b64decode(secret["data"]["api-keys"]))
+            env["HERALD_API_KEYS_FILE"] = keys
         hlog_path = os.path.join(tmp, "herald.log")
         hlog = open(hlog_path, "w")
         herald = subprocess.Popen([BINARY, *herald_container(docs).get("args", ["serve"])],

@@ -171,6 +171,9 @@ def main():
     ap.add_argument("--namespace", default="default")
     ap.add_argument("-o", "--output")
     ap.add_argument("--lint-only", action="store_true")
+    ap.add_argument("--lookup", action="append", default=[],
+                    help="YAML of objects already in the fake cluster (what `lookup` finds)")
+    ap.add_argument("--notes", help="write the rendered NOTES.txt here")
     a = ap.parse_args()
     chart = os.path.abspath(a.chart)
     rc = 0
@@ -187,6 +190,13 @@ def main():
     if a.lint_only:
         return rc
 
+    for f in a.lookup:
+        import yaml
+        for obj in yaml.safe_load_all(open(f)):
+            if obj:
+                md = obj["metadata"]
+                FakeKube.store[f"/api/v1/namespaces/{md.get('namespace', a.namespace)}/"
+                               f"{obj['kind'].lower()}s/{md['name']}"] = obj
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeKube)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = srv.server_address[1]
@@ -209,6 +219,9 @@ current-context: fake
         os.unlink(kc.name)
         srv.shutdown()
     manifest = rel.get("manifest", "")
+    if a.notes:
+        with open(a.notes, "w") as f:
+            f.write((rel.get("info") or {}).get("notes", ""))
     if a.output:
         with open(a.output, "w") as f:
             f.write(manifest)

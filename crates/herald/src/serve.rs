@@ -118,10 +118,10 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         if config.grpc_loopback_only {
             tracing::warn!(
                 grpc = %config.grpc_addr,
-                "no API key configured: the gRPC API (publish, drain) listens on loopback only; set HERALD_API_KEYS or HERALD_API_KEYS_FILE to serve it on other addresses (or HERALD_API_INSECURE=true to do so without keys)"
+                "NO API KEY CONFIGURED: the gRPC API (publish, drain) listens on loopback only; set HERALD_API_KEYS or HERALD_API_KEYS_FILE to serve it on other addresses (or HERALD_API_INSECURE=true to do so without keys)"
             );
         } else if config.grpc_addr.ip().is_loopback() {
-            tracing::warn!(grpc = %config.grpc_addr, "no API key configured: the gRPC API is open to anyone on this machine");
+            tracing::warn!(grpc = %config.grpc_addr, "NO API KEY CONFIGURED: the gRPC API is open to anyone on this machine");
         } else {
             tracing::warn!(
                 "NO API KEY CONFIGURED and HERALD_API_INSECURE=true: the gRPC API (publish, drain) is open to anyone who can reach {}",

@@ -120,7 +120,50 @@ app.kubernetes.io/component: nats
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
 {{- end }}
+{{- if and (not .Values.apiKeys.existingSecret) (not .Values.apiKeys.generate) (not .Values.apiKeys.insecure) }}
+{{- fail "apiKeys.generate=false without apiKeys.existingSecret leaves the gRPC API (publish, drain) without a key: give apiKeys.existingSecret, or set apiKeys.insecure=true to serve it without keys" }}
+{{- end }}
+{{- if and .Values.apiKeys.insecure (or .Values.apiKeys.existingSecret .Values.apiKeys.generate) }}
+{{- fail "apiKeys.insecure=true only applies without keys: also set apiKeys.generate=false and leave apiKeys.existingSecret empty" }}
+{{- end }}
 {{- if le (int .Values.config.outboxBytes) (add (int .Values.config.maxMessageBytes) 256) }}
 {{- fail "config.outboxBytes must exceed config.maxMessageBytes + 256: one message must fit a client's queue" }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding the gRPC API keys file: the operator's, or the generated one; empty when
+the API runs without keys (apiKeys.insecure). */}}
+{{- define "herald.apiKeysSecret" -}}
+{{- if .Values.apiKeys.existingSecret -}}
+{{ .Values.apiKeys.existingSecret }}
+{{- else if .Values.apiKeys.generate -}}
+{{ include "herald.fullname" . }}-api-keys
+{{- end -}}
+{{- end }}
+
+{{/* The key in that Secret. */}}
+{{- define "herald.apiKeysKey" -}}
+{{- if .Values.apiKeys.existingSecret -}}
+{{ .Values.apiKeys.secretKey }}
+{{- else -}}
+api-keys
+{{- end -}}
+{{- end }}
+
+{{/* herald.toml for HERALD_CONFIG: the channel namespaces. */}}
+{{- define "herald.configFile" -}}
+# Rendered by the Helm chart from .Values.namespaces (docs/security.md, "Channel namespaces").
+{{- range $name, $ns := .Values.namespaces }}
+
+[namespaces.{{ $name | quote }}]
+{{- if hasKey $ns "anonymous" }}
+anonymous = {{ $ns.anonymous }}
+{{- end }}
+{{- if hasKey $ns "historySize" }}
+history_size = {{ $ns.historySize | int64 }}
+{{- end }}
+{{- if hasKey $ns "historyTtl" }}
+history_ttl = {{ $ns.historyTtl | quote }}
+{{- end }}
+{{- end }}
+{{ end }}
