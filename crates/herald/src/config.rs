@@ -79,7 +79,8 @@ pub(crate) struct Settings {
     /// Client address (WebSocket, SSE, polling) [default: 0.0.0.0:8080].
     #[arg(long, env = "HERALD_HTTP_ADDR")]
     pub(crate) http_addr: Option<SocketAddr>,
-    /// gRPC control-plane address [default: 0.0.0.0:50051].
+    /// gRPC control-plane address [default: 0.0.0.0:50051 with API keys, 127.0.0.1:50051
+    /// without; a non-loopback address without keys needs HERALD_API_INSECURE=true].
     #[arg(long, env = "HERALD_GRPC_ADDR")]
     pub(crate) grpc_addr: Option<SocketAddr>,
     /// Admin address: /metrics, /healthz, /readyz [default: 0.0.0.0:9464].
@@ -172,7 +173,7 @@ pub(crate) struct Settings {
     #[arg(long, env = "HERALD_DRAIN_RATE")]
     pub(crate) drain_rate: Option<usize>,
     /// gRPC API keys, comma-separated; callers send `authorization: Bearer <key>`. None
-    /// configured (and no file): the API is open.
+    /// configured (and no file): the API listens on loopback only (see HERALD_API_INSECURE).
     #[arg(long, env = "HERALD_API_KEYS", hide_env_values = true)]
     pub(crate) api_keys: Option<String>,
     /// File of gRPC API keys, one per line (blank lines and `#` comments ignored).
