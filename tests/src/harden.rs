@@ -25,6 +25,8 @@ pub struct Launch<'a> {
     pub env: Vec<(&'a str, String)>,
     /// Soft and hard `RLIMIT_NOFILE` of the child (through `prlimit`).
     pub nofile: Option<u64>,
+    /// A lower soft limit than `nofile` (the hard one), when set.
+    pub nofile_soft: Option<u64>,
     /// Run in a fresh network namespace with `lo` up and these extra addresses on it (the
     /// node keeps its default addresses: nothing else can hold its ports there). Its sockets
     /// are then reachable only through [`in_netns`].
@@ -53,7 +55,8 @@ impl Launch<'_> {
             }
             (None, Some(n)) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
+                let soft = self.nofile_soft.unwrap_or(n);
+                c.arg(format!("--nofile={soft}:{n}"))
                     .arg("--")
                     .arg(&bin)
                     .arg("serve");

@@ -356,10 +356,53 @@ async fn past_the_descriptor_limit_clients_get_503_and_the_node_keeps_answering(
     fresh.expect_type("subscribed").await;
     let want = p.publish_msg(&ch, json!({"after": true})).await;
     assert_eq!(fresh.next_msg().await, want);
-    assert!(!node.log().contains("accept failed"), "{}", node.log());
+    let log = node.log();
+    assert!(!log.contains("accept failed"), "{log}");
+    assert!(
+        log.contains("client connection limit reached"),
+        "the limit is logged: {log}"
+    );
     eprintln!(
         "measured: RLIMIT_NOFILE {limit}: {capacity} client connections held (filled in {filled:?}), {extra} more refused with 503; /healthz, /readyz, /metrics, gRPC Publish and Stats answered at the limit ({open_fds} descriptors open); 20 new clients served {:?} after 20 left",
         t1.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let node = Launch {
+        nofile: Some(2048),
+        nofile_soft: Some(256),
+        ..Default::default()
+    }
+    .start()
+    .await
+    .unwrap_or_else(|(s, log)| panic!("node exited ({s}):\n{log}"));
+    let log = node.log();
+    assert!(
+        log.contains("soft limit 2048 (was 256); 102 kept for admin, gRPC, NATS and files; up to 1946 client connections"),
+        "{log}"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["2048", "2048"], "{line}");
+    // Too low to leave room for clients: a clear start-up error.
+    let (status, log) = Launch {
+        nofile: Some(60),
+        ..Default::default()
+    }
+    .start()
+    .await
+    .map(|_| ())
+    .expect_err("60 descriptors are too few");
+    assert!(!status.success());
+    assert!(
+        log.contains("RLIMIT_NOFILE") && log.contains("HERALD_FD_RESERVE"),
+        "{log}"
     );
 }
 
