@@ -64,11 +64,15 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         if !admission.admit_peer(peer.ip()) {
-            tasks.spawn(async move {
-                let mut stream = stream;
-                let (status, code, message) = RATE_LIMITED;
-                let _ = write_refusal(&mut stream, status, code, message).await;
-            });
+            // Answered while few refusals are in flight, like those over the socket cap.
+            if let Some(answering) = gate.start_refusal() {
+                tasks.spawn(async move {
+                    let mut stream = stream;
+                    let (status, code, message) = RATE_LIMITED;
+                    let _ = write_refusal(&mut stream, status, code, message).await;
+                    drop(answering);
+                });
+            }
             continue;
         }
         let Some(slot) = gate.try_open() else {
