@@ -18,6 +18,9 @@ command -v curl >/dev/null 2>&1 || apt_missing+=(curl ca-certificates)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
 command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
+# The hardening tests: prlimit, unshare and nsenter (util-linux), ip (iproute2).
+command -v prlimit >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1 || apt_missing+=(util-linux)
+command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -106,7 +106,8 @@ impl HistoryCounters {
 /// How a history read goes on after its first messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Way {
-    /// Direct gets only.
+    /// Direct gets only (chosen only by the `testing` comparisons; production reads batch).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     Direct,
     /// A consumer of this scope after [`DIRECT_PREFIX`] messages (then, if a filtered one is
     /// too slow and the channel dense, an unfiltered one; else direct gets).
