@@ -87,7 +87,9 @@ impl Since {
             map.insert(names[index].clone(), Cursor(at));
             entries += 1;
         }
-        if entries == 0 {
+        // Canonical only: at least one entry, and at least one channel at the base (the base is
+        // the lowest position), so every accepted token is exactly what `encode` writes.
+        if entries == 0 || entries == names.len() {
             return Err(bad());
         }
         Ok(Since::Each(map))
@@ -340,6 +342,7 @@ mod tests {
             format!("1_{hash}_2.1"),
             format!("1_{hash}_1.1_1.2"),
             format!("1_{hash}_1.1_0.1"),
+            format!("1_{hash}_0.1_1.1"),
             format!("1_{hash}_1.A"),
             format!("1_{hash}_01.1"),
             format!("18446744073709551615_{hash}_1.1"),
