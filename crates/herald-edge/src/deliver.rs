@@ -2,7 +2,7 @@
 //! reaches the client and in what order, how each delivery moves the client's position, what
 //! is counted, and every way the server ends a connection. `ws` and `sse` only encode.
 
-use herald_core::{Protocol, unix_micros};
+use herald_core::{Message, Protocol, unix_micros};
 use herald_telemetry::CloseReason;
 
 use crate::{
@@ -83,10 +83,7 @@ pub(crate) fn live(
     for item in batch.drain(..) {
         let step = match item {
             Item::Message(m) if session.admit(&m) => {
-                session
-                    .edge
-                    .metrics
-                    .delivered(protocol, m.published_us, now);
+                count_delivery(session, protocol, &m, now);
                 Step::Message(m)
             }
             Item::Gap(c) if session.is_subscribed(&c) => {
@@ -111,15 +108,19 @@ pub(crate) fn catch_up(
         match &step {
             Step::Message(m) => {
                 session.record(m);
-                session
-                    .edge
-                    .metrics
-                    .delivered(protocol, m.published_us, now);
+                count_delivery(session, protocol, m, now);
             }
             Step::Gap(_) => count_gap(session, protocol),
         }
         emit(session, &step);
     }
+}
+
+fn count_delivery(session: &Session, protocol: Protocol, m: &Message, now_us: u64) {
+    session
+        .edge
+        .metrics
+        .delivered(protocol, m.published_us, now_us);
 }
 
 fn count_gap(session: &Session, protocol: Protocol) {

@@ -532,20 +532,16 @@ pub(crate) async fn read_merged(
     let positions = channels
         .iter()
         .map(|c| {
-            let own = messages
-                .iter()
-                .rev()
-                .find(|m| &m.channel == c)
-                .map(|m| m.cursor);
             // After a gap the old position means nothing (it may never have been issued).
             let from = if gaps.contains(c) {
                 Cursor::ZERO
             } else {
                 position(c)
             };
+            // Without a cut there is one channel: it stands at its last message.
             let at = match cut {
                 Some(cut) => cut.max(from),
-                None => own.unwrap_or(from),
+                None => messages.last().map_or(from, |m| m.cursor),
             };
             (c.clone(), at)
         })
