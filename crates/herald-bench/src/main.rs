@@ -154,7 +154,8 @@ enum Cmd {
     },
     /// Publishes per second through gRPC: unary calls or PublishStream.
     Publish {
-        /// gRPC endpoint, e.g. http://127.0.0.1:50051.
+        /// gRPC endpoint, e.g. http://127.0.0.1:50051; several separated by commas spread the
+        /// calls or streams over several nodes.
         #[arg(long)]
         grpc: String,
         #[arg(long, value_enum, default_value = "stream")]

@@ -50,15 +50,21 @@ fn payload(i: u64, size: usize) -> Bytes {
 }
 
 pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
+    // `--grpc a,b,c`: the calls or streams are spread over several nodes (a hot channel
+    // published from many places).
     let mut clients = Vec::new();
     for _ in 0..b.connections.max(1) {
-        let channel = Channel::from_shared(b.grpc.clone())
-            .context("--grpc")?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", b.grpc))?;
-        clients.push(HeraldClient::new(channel));
+        for endpoint in b.grpc.split(',').filter(|e| !e.is_empty()) {
+            let channel = Channel::from_shared(endpoint.to_owned())
+                .context("--grpc")?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {endpoint}"))?;
+            clients.push(HeraldClient::new(channel));
+        }
     }
+    anyhow::ensure!(!clients.is_empty(), "--grpc names no endpoint");
+    let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let names: Arc<Vec<String>> = Arc::new(
         (0..b.channels.max(1))
             .map(|i| format!("bench-pub-{i}"))
@@ -72,6 +78,12 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
     for t in 0..b.concurrency.max(1) {
         let mut client = clients[t % clients.len()].clone();
         let (names, ok, failed, size) = (names.clone(), ok.clone(), failed.clone(), b.size);
+        let first_error = first_error.clone();
+        let note = move |error: String| {
+            if let Ok(mut first) = first_error.lock() {
+                first.get_or_insert(error);
+            }
+        };
         tasks.push(tokio::spawn(async move {
             match b.mode {
                 Mode::Unary => {
@@ -84,7 +96,10 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
                         };
                         match client.publish(req).await {
                             Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                note(e.to_string());
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
                         };
                         i += 1_000_003;
                     }
@@ -123,7 +138,10 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
                     while let Ok(Some(r)) = results.message().await {
                         match r.outcome {
                             Some(Outcome::Cursor(_)) => ok.fetch_add(1, Ordering::Relaxed),
-                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                            other => {
+                                note(format!("{other:?}"));
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
                         };
                     }
                     let _ = producer.await;
@@ -149,7 +167,12 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
     });
     println!("{result}");
     if failed > 0 {
-        anyhow::bail!("{failed} publishes failed");
+        let first = first_error
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .unwrap_or_default();
+        anyhow::bail!("{failed} publishes failed; first: {first}");
     }
     Ok(())
 }

@@ -51,8 +51,14 @@ pub(crate) const HDR_LAST_SEQ: &str = "Nats-Last-Sequence";
 const HDR_MSG_ID: &str = "Nats-Msg-Id";
 const HDR_EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
 
-/// Publish attempts when another node wins the race for a channel's next link.
-const MAX_PUBLISH_ATTEMPTS: usize = 8;
+/// Races lost in a row before a publish pauses (a few hundred µs, jittered) between attempts.
+const CONTENDED_BACKOFF_AFTER: u32 = 3;
+/// How long a channel's newest sequence may wait before it is written to the tip stream. The
+/// tip only matters once every message of the channel has expired (minutes later), so one
+/// write per channel per flush replaces one stored write per publish.
+const TIP_FLUSH: Duration = Duration::from_millis(100);
+/// Most channel tips waiting for a flush (a bound on memory between flushes).
+const MAX_PENDING_TIPS: usize = 100_000;
 /// Longest idempotency key accepted (it becomes a header).
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 1024;
 /// Above this many cached channel tips, unused ones are forgotten (they are re-read on demand).
@@ -115,6 +121,12 @@ pub(crate) struct Shared {
     tips: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ChainTip>>>>>,
     /// Counts of batched history reads.
     history: HistoryCounters,
+    /// Publish races lost to another node (each was retried on the winner's link).
+    pub(crate) contended: AtomicU64,
+    /// Channel tips not yet written to the tip stream: the newest sequence per channel,
+    /// written together every [`TIP_FLUSH`] instead of one stored write per publish. At most
+    /// [`MAX_PENDING_TIPS`]; past it a tip is written at once.
+    pending_tips: parking_lot::Mutex<HashMap<ChannelName, u64>>,
 }
 
 impl Shared {
@@ -133,6 +145,18 @@ impl Shared {
             tips.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
         tips.entry(subject.to_owned()).or_default().clone()
+    }
+
+    /// Records `seq` as the newest sequence of `channel`, for the next tip flush.
+    fn note_tip(&self, link: &Link, channel: &ChannelName, seq: u64) {
+        let mut pending = self.pending_tips.lock();
+        if pending.len() < MAX_PENDING_TIPS || pending.contains_key(channel) {
+            let tip = pending.entry(channel.clone()).or_default();
+            *tip = (*tip).max(seq);
+            return;
+        }
+        drop(pending);
+        write_tips(self, link, vec![(channel.clone(), seq)]);
     }
 
     fn forget_tips(&self) {
@@ -178,14 +202,23 @@ impl NatsBroker {
             slow_consumers: AtomicU64::new(0),
             tips: parking_lot::Mutex::new(HashMap::new()),
             history: HistoryCounters::default(),
+            contended: AtomicU64::new(0),
+            pending_tips: parking_lot::Mutex::new(HashMap::new()),
         });
         tokio::spawn(supervise(Arc::downgrade(&shared), events_rx));
+        tokio::spawn(flush_tips(Arc::downgrade(&shared)));
         Ok(Self { shared })
     }
 
     /// Successful reconnections since [`NatsBroker::connect`] (for metrics).
     pub fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Publish races lost to another node on the same channel since start-up (each was retried;
+    /// for metrics).
+    pub fn publish_conflicts(&self) -> u64 {
+        self.shared.contended.load(Ordering::Relaxed)
     }
 
     /// Live messages dropped locally because a subscription could not keep up (for metrics;
@@ -231,7 +264,13 @@ impl NatsBroker {
                 BrokerError::Unavailable("channel busy: publish queue timed out".into())
             })?;
 
-        for _ in 0..MAX_PUBLISH_ATTEMPTS {
+        // Lost races are retried until the publish deadline, not a fixed number of times: a
+        // busy channel published from several nodes at once must never refuse a valid publish.
+        // Each lost race tells the winner's sequence, which becomes the next attempt's link
+        // without a read, so every round one contender wins and the rest retry at once.
+        let deadline = tokio::time::Instant::now() + config.publish_timeout;
+        let mut lost = 0u32;
+        loop {
             let link = shared.connected_link()?;
             let current = match *tip {
                 Some(t) => t,
@@ -259,7 +298,7 @@ impl NatsBroker {
             if !link.is_connected() {
                 return Err(BrokerError::Unavailable("not connected to NATS".into()));
             }
-            let sent = tokio::time::timeout(config.publish_timeout, async {
+            let sent = tokio::time::timeout_at(deadline, async {
                 link.js.send_publish(subject.clone(), message).await?.await
             })
             .await;
@@ -270,15 +309,12 @@ impl NatsBroker {
                             expected: ack.sequence,
                             prev: ack.sequence,
                         });
-                        // Fire and forget: the tip only matters once the whole channel expired.
-                        let tip_subject = shared.subjects.tip(&request.channel);
-                        if let Err(error) = link
-                            .client
-                            .publish(tip_subject, ack.sequence.to_string().into())
-                            .await
-                        {
-                            debug!(%error, "tip write not queued");
-                        }
+                        shared.note_tip(&link, &request.channel, ack.sequence);
+                    }
+                    if lost > 0 {
+                        shared
+                            .contended
+                            .fetch_add(u64::from(lost), Ordering::Relaxed);
                     }
                     return Ok(Published {
                         cursor: Cursor(ack.sequence),
@@ -286,8 +322,21 @@ impl NatsBroker {
                     });
                 }
                 Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                    debug!(subject, "chain tip moved; refreshing");
-                    *tip = None;
+                    lost += 1;
+                    *tip = winner_sequence(&error).map(|seq| ChainTip {
+                        expected: seq,
+                        prev: seq,
+                    });
+                    debug!(subject, lost, tip = ?*tip, "chain tip moved; retrying on the winner's link");
+                    if lost >= CONTENDED_BACKOFF_AFTER {
+                        // Many rounds lost in a row: spread the contenders out a little so one
+                        // node's steady stream cannot starve another's.
+                        let pause = backoff_jitter(lost);
+                        if tokio::time::Instant::now() + pause >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
                 }
                 Ok(Err(error)) => {
                     *tip = None;
@@ -300,6 +349,9 @@ impl NatsBroker {
                 }
                 Err(_) => {
                     *tip = None;
+                    if lost > 0 {
+                        break;
+                    }
                     return Err(BrokerError::Unavailable(format!(
                         "publish not acknowledged within {:?}",
                         config.publish_timeout
@@ -307,9 +359,12 @@ impl NatsBroker {
                 }
             }
         }
+        shared
+            .contended
+            .fetch_add(u64::from(lost), Ordering::Relaxed);
         Err(BrokerError::Unavailable(format!(
-            "channel {} is contended: {MAX_PUBLISH_ATTEMPTS} attempts lost the race",
-            request.channel
+            "channel {} stayed contended for {:?} ({lost} races lost)",
+            request.channel, config.publish_timeout
         )))
     }
 
@@ -540,6 +595,76 @@ pub(crate) fn to_message(
             warn!(%channel, seq, %error, "skipping a stored message that is not JSON");
             None
         }
+    }
+}
+
+/// The sequence that won the race for a channel's next link, from JetStream's refusal ("wrong
+/// last sequence: N"); `None` when it cannot be read or is 0 (the channel has nothing retained,
+/// so its true predecessor must come from the tip stream).
+fn winner_sequence(error: &jetstream::context::PublishError) -> Option<u64> {
+    let source = std::error::Error::source(error)?;
+    let text = source
+        .downcast_ref::<jetstream::Error>()
+        .map(ToString::to_string)?;
+    let digits = text.strip_prefix("wrong last sequence: ")?;
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok().filter(|&seq| seq > 0)
+}
+
+/// A pause between contended attempts: up to 100 µs per race lost in a row (at most 5 ms),
+/// jittered so the contenders do not retry in lockstep.
+fn backoff_jitter(lost: u32) -> Duration {
+    let ceiling = (u64::from(lost) * 100).min(5_000);
+    let nanos = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0),
+    );
+    Duration::from_micros(ceiling / 2 + nanos % (ceiling / 2 + 1))
+}
+
+/// Writes channel tips to the tip stream, fire and forget (a lost write is the limit the crate
+/// docs describe: it matters only if the channel then fully expires).
+fn write_tips(shared: &Shared, link: &Link, tips: Vec<(ChannelName, u64)>) {
+    let tips: Vec<_> = tips
+        .into_iter()
+        .map(|(channel, seq)| (shared.subjects.tip(&channel), seq))
+        .collect();
+    let client = link.client.clone();
+    // `publish` only queues each message in the client; this task never waits on the server.
+    tokio::spawn(async move {
+        for (subject, seq) in tips {
+            if let Err(error) = client.publish(subject, seq.to_string().into()).await {
+                debug!(%error, "tip write not queued");
+                return;
+            }
+        }
+    });
+}
+
+/// Writes the pending channel tips every [`TIP_FLUSH`] while the broker lives; on an outage
+/// they wait (still bounded) for the next connection. Ends when the broker is dropped.
+async fn flush_tips(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(TIP_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.pending_tips.lock().is_empty() {
+            continue;
+        }
+        let Ok(link) = shared.connected_link() else {
+            continue;
+        };
+        let tips: Vec<_> = std::mem::take(&mut *shared.pending_tips.lock())
+            .into_iter()
+            .collect();
+        write_tips(&shared, &link, tips);
     }
 }
 

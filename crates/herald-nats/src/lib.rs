@@ -10,7 +10,9 @@
 //!   and republishes every stored message to `<prefix>.live.<token>` (core NATS), which is what
 //!   live subscriptions listen to. The cursor is the stream sequence.
 //! - Stream `<stream>_TIPS` captures `<prefix>.tip.>` with one message per subject: the newest
-//!   sequence a channel ever had, so a channel whose history fully expired still knows it.
+//!   sequence a channel ever had, so a channel whose history fully expired still knows it. Each
+//!   node writes the newest sequence of each channel it published to once per 100 ms flush (not
+//!   once per publish: the tip only matters minutes later, once the channel fully expired).
 //!
 //! # Exact gap detection
 //!
@@ -18,9 +20,14 @@
 //! `Nats-Last-Sequence`), so every publish carries it itself: header `Herald-Prev: P`, the
 //! channel's previous sequence. Its correctness is enforced by the server: the same publish
 //! carries `Nats-Expected-Last-Subject-Sequence: E` (what the subject's last retained sequence
-//! must be), so a stale belief is refused rather than stored; the node then re-reads the tip and
-//! retries (bounded). Publishes are serialized per channel on each node (an async mutex), so only
-//! publishes from different nodes race. `E` and `P` differ only when the channel has nothing
+//! must be), so a stale belief is refused rather than stored. Publishes are serialized per channel
+//! on each node (an async mutex), so only publishes from different nodes race; the refusal names
+//! the winner's sequence ("wrong last sequence: N"), which is the next attempt's `E` and `P`
+//! without a read, so each round of a race has one winner and the losers retry at once (after a
+//! few lost rounds in a row, with a short jittered pause). A race is retried until the publish
+//! timeout, never refused after a fixed number of attempts: 8 publishers through 3 nodes into one
+//! channel all succeed (`tests/contention.rs`); lost races are counted
+//! (`herald_publish_conflicts_total`). `E` and `P` differ only when the channel has nothing
 //! retained (everything expired): then `E = 0` and `P` comes from the tip stream.
 //!
 //! `history(c, after C)` then decides exactly:
@@ -36,8 +43,8 @@
 //! Limits, all conservative (a false gap, never a silent one) except the last: with
 //! [`NatsBrokerConfig::tip_max_age`] set, a channel silent for longer than it falls back to
 //! "gap iff `C` is older than the oldest message of the whole stream"; the tip is written
-//! fire-and-forget after the stored message, so a node dying between the two (or two nodes
-//! racing the tip writes) can leave a stale tip, which matters only if the channel then fully
+//! fire-and-forget at the next flush after the stored message (at most 100 ms later), so a node
+//! dying between the two (or two nodes racing the tip writes) can leave a stale tip, which matters only if the channel then fully
 //! expires and a client resumes from a cursor between the stale and the true tip. Age eviction
 //! is assumed to follow sequence order (JetStream stamps messages on the stream leader).
 //!

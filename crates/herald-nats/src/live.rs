@@ -165,7 +165,13 @@ impl Feed {
         let Some(seq) = header_u64(headers, HDR_SEQ) else {
             return;
         };
-        let prev = header_u64(headers, HDR_PREV).or_else(|| header_u64(headers, HDR_LAST_SEQ));
+        // The server's own link (the subject's last sequence when this one was stored) is
+        // exact even where a replicated stream let a stale `Herald-Prev` through (see
+        // tests/contention.rs); it is 0 only when the channel had nothing retained, and then
+        // `Herald-Prev` (from the tip stream) is the link.
+        let prev = header_u64(headers, HDR_LAST_SEQ)
+            .filter(|&seq| seq > 0)
+            .or_else(|| header_u64(headers, HDR_PREV));
         let slow = self
             .shared
             .upgrade()

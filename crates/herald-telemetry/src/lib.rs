@@ -117,6 +117,10 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     /// Times the broker connection was re-established.
     pub broker_reconnects: IntCounter,
+    /// Publish races lost to another node publishing to the same channel at the same moment
+    /// (each was retried on the winner's link; a high rate means hot channels published from
+    /// many nodes).
+    pub publish_conflicts: IntCounter,
     /// Broker publish call duration, seconds.
     pub broker_publish_duration: Histogram,
     /// History reads issued to the broker (resumes, polls, repairs, cache fills).
@@ -228,6 +232,10 @@ impl Metrics {
             broker_reconnects: counter(
                 "herald_broker_reconnects_total",
                 "Times the broker connection was re-established.",
+            )?,
+            publish_conflicts: counter(
+                "herald_publish_conflicts_total",
+                "Publish races lost to another node on the same channel, each retried.",
             )?,
             broker_publish_duration: histogram(
                 "herald_broker_publish_duration_seconds",

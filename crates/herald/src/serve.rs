@@ -215,11 +215,13 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
                 pending_cluster.connected(cluster);
                 pending.connected(Arc::new(broker.clone()));
                 let reconnects = metrics.broker_reconnects.clone();
-                let mut seen = 0;
+                let conflicts = metrics.publish_conflicts.clone();
+                let mut seen = (0, 0);
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    let now = broker.reconnects();
-                    reconnects.inc_by(now.saturating_sub(seen));
+                    let now = (broker.reconnects(), broker.publish_conflicts());
+                    reconnects.inc_by(now.0.saturating_sub(seen.0));
+                    conflicts.inc_by(now.1.saturating_sub(seen.1));
                     seen = now;
                 }
             }))
