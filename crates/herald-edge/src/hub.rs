@@ -58,6 +58,10 @@ const FILL_PAGE: usize = 500;
 /// Cached messages this close to the age limit are left to the broker: clocks of the node
 /// that stamped a message and of the broker that expires it may differ a little.
 const AGE_MARGIN: Duration = Duration::from_secs(2);
+/// Local subscribers from which a channel's fan-out is split into shards that run on the
+/// runtime's workers in parallel (below it one worker pushes every outbox under the lock,
+/// which is cheaper than handing work to another thread).
+const PARALLEL_FAN_OUT_MIN: usize = 2_048;
 
 /// The node's table of channels with local interest.
 pub(crate) struct Hub {
@@ -90,6 +94,9 @@ struct Slot {
 struct Members {
     /// Connection id to its outbox.
     conns: HashMap<u64, Arc<Outbox>>,
+    /// `conns`' outboxes as one shared list, for fan-outs that run outside the lock in
+    /// parallel shards; dropped at every membership change and rebuilt by the next fan-out.
+    listed: Option<Arc<[Arc<Outbox>]>>,
     /// Set once the slot left the table; a joiner must create a new one.
     retired: bool,
     /// The channel's most recent messages, appended with each fan-out.
@@ -160,14 +167,35 @@ impl Slot {
     }
 
     /// Fans out the channel's next message and appends it to the recent messages, under one
-    /// lock, so a joiner sees each message either in the cache or in its outbox.
-    fn deliver(&self, hub: &Hub, message: &Arc<Message>) {
+    /// lock, so a joiner sees each message either in the cache or in its outbox. A channel
+    /// with at least [`PARALLEL_FAN_OUT_MIN`] local subscribers on a runtime with several
+    /// workers is only listed here: the returned [`Shards`] push it, and must finish before
+    /// the next message is delivered (each outbox sees the channel in order). A joiner that
+    /// lands between the listing and the push finds the message in the cache and is not
+    /// listed; a leaver still listed gets one push its connection never reads.
+    fn deliver(&self, hub: &Hub, message: &Arc<Message>, workers: usize) -> Option<Shards> {
         let mut members = self.members.lock();
         hub.remember(&mut members.recent, message);
         let item = Item::Message(message.clone());
-        for outbox in members.conns.values() {
-            outbox.push(item.clone());
+        if workers < 2 || members.conns.len() < PARALLEL_FAN_OUT_MIN {
+            for outbox in members.conns.values() {
+                outbox.push(item.clone());
+            }
+            return None;
         }
+        let listed = match &members.listed {
+            Some(listed) => listed.clone(),
+            None => {
+                let listed: Arc<[Arc<Outbox>]> = members.conns.values().cloned().collect();
+                members.listed = Some(listed.clone());
+                listed
+            }
+        };
+        Some(Shards {
+            outboxes: listed,
+            item,
+            shards: workers,
+        })
     }
 
     /// Forgets the recent messages; `floor` says from where the next ones are complete.
@@ -328,15 +356,12 @@ impl Hub {
                     slot
                 }
             };
-            if slot
-                .members
-                .lock()
-                .conns
-                .insert(conn, outbox.clone())
-                .is_none()
-            {
+            let mut members = slot.members.lock();
+            members.listed = None;
+            if members.conns.insert(conn, outbox.clone()).is_none() {
                 self.metrics.subscriptions.inc();
             }
+            drop(members);
             slot
         };
         let mut ready = slot.ready.subscribe();
@@ -376,6 +401,7 @@ impl Hub {
         if let Some(slot) = slots.get(channel) {
             let mut members = slot.members.lock();
             if members.conns.remove(&conn).is_some() {
+                members.listed = None;
                 self.metrics.subscriptions.dec();
                 if members.conns.is_empty() {
                     slot.emptied.notify_one();
@@ -465,6 +491,7 @@ impl Hub {
         members.retired = true;
         self.metrics.subscriptions.sub(members.conns.len() as i64);
         members.conns.clear();
+        members.listed = None;
         let recent = std::mem::take(&mut members.recent);
         self.recent_bytes.fetch_sub(recent.bytes, Ordering::Relaxed);
         if slots
@@ -518,6 +545,47 @@ impl Hub {
     }
 }
 
+/// One message's fan-out to a big channel, split into up to `shards` contiguous parts of its
+/// subscriber list: the caller's worker pushes the first part while the runtime's other
+/// workers push the rest, so the wake-ups of the connections land on every worker's queue.
+struct Shards {
+    outboxes: Arc<[Arc<Outbox>]>,
+    item: Item,
+    shards: usize,
+}
+
+impl Shards {
+    async fn run(self) {
+        let n = self.outboxes.len();
+        let shards = self
+            .shards
+            .clamp(1, n.div_ceil(PARALLEL_FAN_OUT_MIN / 2).max(1));
+        let size = n.div_ceil(shards);
+        let mut others = Vec::with_capacity(shards - 1);
+        for shard in 1..shards {
+            let (outboxes, item) = (self.outboxes.clone(), self.item.clone());
+            others.push(tokio::spawn(async move {
+                let end = ((shard + 1) * size).min(outboxes.len());
+                push_all(&outboxes[(shard * size).min(end)..end], &item);
+            }));
+        }
+        push_all(&self.outboxes[..size.min(n)], &self.item);
+        for other in others {
+            // A shard cannot fail (push never panics); a cancelled one only means the
+            // runtime is shutting down.
+            let _ = other.await;
+        }
+    }
+}
+
+fn push_all(outboxes: &[Arc<Outbox>], item: &Item) {
+    for outbox in outboxes {
+        // A false return means the outbox closed (slow consumer or drain); its connection
+        // notices, leaves, and the client resumes from its cursor.
+        outbox.push(item.clone());
+    }
+}
+
 /// Feeds one channel's broker subscription to its local subscribers until the channel has
 /// had no local subscriber for the linger period.
 async fn pump(hub: Arc<Hub>, slot: Arc<Slot>) {
@@ -535,6 +603,7 @@ async fn pump(hub: Arc<Hub>, slot: Arc<Slot>) {
     let mut last: Option<Cursor> = hub.broker.head().await.ok();
     slot.reset_recent(&hub, last);
     slot.ready.send_replace(Readiness::Live);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     let mut idle_deadline: Option<Instant> = None;
     loop {
         let idle = slot.members.lock().conns.is_empty();
@@ -558,7 +627,11 @@ async fn pump(hub: Arc<Hub>, slot: Arc<Slot>) {
                             Some(tp) if herald_telemetry::trace::enabled() => {
                                 slot.fan_out_traced(&hub, &m, tp)
                             }
-                            _ => slot.deliver(&hub, &m),
+                            _ => {
+                                if let Some(shards) = slot.deliver(&hub, &m, workers) {
+                                    shards.run().await;
+                                }
+                            }
                         }
                     }
                 }
@@ -713,6 +786,66 @@ mod tests {
                 .expect("fan-out")
                 .unwrap();
             seen += batch.drain(..).count();
+        }
+    }
+
+    /// A channel big enough for parallel shards: every subscriber gets every message once,
+    /// in order, while others join and leave during the fan-out; a late joiner finds what it
+    /// missed in the recent messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_channel_fans_out_in_parallel_shards_in_order() {
+        let (broker, hub) = setup(1024);
+        let ch = ChannelName::new("big").unwrap();
+        let subscribers = PARALLEL_FAN_OUT_MIN * 2 + 7;
+        let mut outboxes = Vec::new();
+        for conn in 0..subscribers as u64 {
+            let outbox = Arc::new(Outbox::new(1 << 20, Protocol::WebSocket));
+            hub.join(&ch, conn, &outbox, None).await.unwrap();
+            outboxes.push(outbox);
+        }
+        let churn = {
+            let (hub, ch) = (hub.clone(), ch.clone());
+            tokio::spawn(async move {
+                for conn in 1_000_000..1_000_200u64 {
+                    let outbox = Arc::new(Outbox::new(1 << 20, Protocol::Sse));
+                    hub.join(&ch, conn, &outbox, None).await.unwrap();
+                    tokio::task::yield_now().await;
+                    hub.leave(&ch, conn);
+                }
+            })
+        };
+        let mut sent = Vec::new();
+        for n in 0..40 {
+            sent.push(publish(&broker, &ch, n).await);
+        }
+        churn.await.unwrap();
+        for outbox in &outboxes {
+            let mut got = Vec::new();
+            let mut batch = Vec::new();
+            while got.len() < sent.len() {
+                tokio::time::timeout(Duration::from_secs(10), outbox.next_batch(&mut batch))
+                    .await
+                    .expect("fan-out reached every subscriber")
+                    .unwrap();
+                got.extend(batch.drain(..).map(|item| match item {
+                    Item::Message(m) => m.cursor,
+                    Item::Gap(_) => panic!("no gap expected"),
+                }));
+            }
+            assert_eq!(got, sent);
+        }
+        let late = Arc::new(Outbox::new(1 << 20, Protocol::WebSocket));
+        match hub
+            .join(&ch, 9_999_999, &late, Some(sent[9]))
+            .await
+            .unwrap()
+        {
+            Resume::Covered { messages, through } => {
+                let cursors: Vec<_> = messages.iter().map(|m| m.cursor).collect();
+                assert_eq!(cursors, sent[10..]);
+                assert_eq!(through, sent[39]);
+            }
+            Resume::Uncovered => panic!("the recent messages cover a late joiner"),
         }
     }
 
