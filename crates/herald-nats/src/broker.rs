@@ -51,8 +51,6 @@ pub(crate) const HDR_LAST_SEQ: &str = "Nats-Last-Sequence";
 const HDR_MSG_ID: &str = "Nats-Msg-Id";
 const HDR_EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
 
-/// Races lost in a row before a publish pauses (a few hundred µs, jittered) between attempts.
-const CONTENDED_BACKOFF_AFTER: u32 = 3;
 /// How long a channel's newest sequence may wait before it is written to the tip stream. The
 /// tip only matters once every message of the channel has expired (minutes later), so one
 /// write per channel per flush replaces one stored write per publish.
@@ -264,13 +262,22 @@ impl NatsBroker {
                 BrokerError::Unavailable("channel busy: publish queue timed out".into())
             })?;
 
-        // Lost races are retried until the publish deadline, not a fixed number of times: a
+        // Lost races are retried until the publish timeout, not a fixed number of times: a
         // busy channel published from several nodes at once must never refuse a valid publish.
         // Each lost race tells the winner's sequence, which becomes the next attempt's link
         // without a read, so every round one contender wins and the rest retry at once.
         let deadline = tokio::time::Instant::now() + config.publish_timeout;
         let mut lost = 0u32;
         loop {
+            if lost > 0 && tokio::time::Instant::now() >= deadline {
+                shared
+                    .contended
+                    .fetch_add(u64::from(lost), Ordering::Relaxed);
+                return Err(BrokerError::Unavailable(format!(
+                    "channel {} stayed contended for {:?} ({lost} races lost)",
+                    request.channel, config.publish_timeout
+                )));
+            }
             let link = shared.connected_link()?;
             let current = match *tip {
                 Some(t) => t,
@@ -298,7 +305,9 @@ impl NatsBroker {
             if !link.is_connected() {
                 return Err(BrokerError::Unavailable("not connected to NATS".into()));
             }
-            let sent = tokio::time::timeout_at(deadline, async {
+            // Each attempt gets the whole timeout (a message timed out after it was sent may
+            // still be stored; a shorter last attempt would make that likelier).
+            let sent = tokio::time::timeout(config.publish_timeout, async {
                 link.js.send_publish(subject.clone(), message).await?.await
             })
             .await;
@@ -328,15 +337,9 @@ impl NatsBroker {
                         prev: seq,
                     });
                     debug!(subject, lost, tip = ?*tip, "chain tip moved; retrying on the winner's link");
-                    if lost >= CONTENDED_BACKOFF_AFTER {
-                        // Many rounds lost in a row: spread the contenders out a little so one
-                        // node's steady stream cannot starve another's.
-                        let pause = backoff_jitter(lost);
-                        if tokio::time::Instant::now() + pause >= deadline {
-                            break;
-                        }
-                        tokio::time::sleep(pause).await;
-                    }
+                    // No pause: the winner's next publish leaves at once too, so a loser that
+                    // waited would lose the next round as well (measured: one node starved for
+                    // 404 rounds while it backed off).
                 }
                 Ok(Err(error)) => {
                     *tip = None;
@@ -349,9 +352,9 @@ impl NatsBroker {
                 }
                 Err(_) => {
                     *tip = None;
-                    if lost > 0 {
-                        break;
-                    }
+                    shared
+                        .contended
+                        .fetch_add(u64::from(lost), Ordering::Relaxed);
                     return Err(BrokerError::Unavailable(format!(
                         "publish not acknowledged within {:?}",
                         config.publish_timeout
@@ -359,13 +362,6 @@ impl NatsBroker {
                 }
             }
         }
-        shared
-            .contended
-            .fetch_add(u64::from(lost), Ordering::Relaxed);
-        Err(BrokerError::Unavailable(format!(
-            "channel {} stayed contended for {:?} ({lost} races lost)",
-            request.channel, config.publish_timeout
-        )))
     }
 
     /// One page of history, read as `way` says after its first message.
@@ -611,19 +607,6 @@ fn winner_sequence(error: &jetstream::context::PublishError) -> Option<u64> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(digits.len());
     digits[..end].parse().ok().filter(|&seq| seq > 0)
-}
-
-/// A pause between contended attempts: up to 100 µs per race lost in a row (at most 5 ms),
-/// jittered so the contenders do not retry in lockstep.
-fn backoff_jitter(lost: u32) -> Duration {
-    let ceiling = (u64::from(lost) * 100).min(5_000);
-    let nanos = u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0),
-    );
-    Duration::from_micros(ceiling / 2 + nanos % (ceiling / 2 + 1))
 }
 
 /// Writes channel tips to the tip stream, fire and forget (a lost write is the limit the crate

@@ -23,9 +23,9 @@
 //! must be), so a stale belief is refused rather than stored. Publishes are serialized per channel
 //! on each node (an async mutex), so only publishes from different nodes race; the refusal names
 //! the winner's sequence ("wrong last sequence: N"), which is the next attempt's `E` and `P`
-//! without a read, so each round of a race has one winner and the losers retry at once (after a
-//! few lost rounds in a row, with a short jittered pause). A race is retried until the publish
-//! timeout, never refused after a fixed number of attempts: 8 publishers through 3 nodes into one
+//! without a read, so each round of a race has one winner and the losers retry at once (no pause:
+//! the winner's next publish leaves at once too, and a loser that waited would keep losing). A
+//! race is retried until the publish timeout, never refused after a fixed number of attempts: 8 publishers through 3 nodes into one
 //! channel all succeed (`tests/contention.rs`); lost races are counted
 //! (`herald_publish_conflicts_total`). `E` and `P` differ only when the channel has nothing
 //! retained (everything expired): then `E = 0` and `P` comes from the tip stream.
