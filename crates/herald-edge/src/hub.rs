@@ -58,10 +58,9 @@ const FILL_PAGE: usize = 500;
 /// Cached messages this close to the age limit are left to the broker: clocks of the node
 /// that stamped a message and of the broker that expires it may differ a little.
 const AGE_MARGIN: Duration = Duration::from_secs(2);
-/// Local subscribers from which a channel's fan-out is split into shards that run on the
-/// runtime's workers in parallel (below it one worker pushes every outbox under the lock,
-/// which is cheaper than handing work to another thread).
-const PARALLEL_FAN_OUT_MIN: usize = 2_048;
+/// Outboxes per shard at least, whatever the split threshold (smaller shards cost more to hand
+/// over than they save).
+const MIN_SHARD: usize = 512;
 
 /// The node's table of channels with local interest.
 pub(crate) struct Hub {
@@ -75,6 +74,9 @@ pub(crate) struct Hub {
     recent: RecentLimits,
     /// Bytes held by all recent-message caches.
     recent_bytes: AtomicUsize,
+    /// Local subscribers from which a channel's fan-out is split into one shard per runtime
+    /// worker (below it one worker pushes every outbox under the lock); 0 never splits.
+    shard_min: usize,
     slots: Mutex<HashMap<ChannelName, Arc<Slot>>>,
 }
 
@@ -168,7 +170,7 @@ impl Slot {
 
     /// Fans out the channel's next message and appends it to the recent messages, under one
     /// lock, so a joiner sees each message either in the cache or in its outbox. A channel
-    /// with at least [`PARALLEL_FAN_OUT_MIN`] local subscribers on a runtime with several
+    /// with at least `shard_min` local subscribers on a runtime with several
     /// workers is only listed here: the returned [`Shards`] push it, and must finish before
     /// the next message is delivered (each outbox sees the channel in order). A joiner that
     /// lands between the listing and the push finds the message in the cache and is not
@@ -177,7 +179,7 @@ impl Slot {
         let mut members = self.members.lock();
         hub.remember(&mut members.recent, message);
         let item = Item::Message(message.clone());
-        if workers < 2 || members.conns.len() < PARALLEL_FAN_OUT_MIN {
+        if workers < 2 || hub.shard_min == 0 || members.conns.len() < hub.shard_min {
             for outbox in members.conns.values() {
                 outbox.push(item.clone());
             }
@@ -254,6 +256,7 @@ impl Hub {
         linger: Duration,
         repair_batch: usize,
         recent: RecentLimits,
+        shard_min: usize,
     ) -> Self {
         Self {
             broker,
@@ -262,6 +265,7 @@ impl Hub {
             repair_batch,
             recent,
             recent_bytes: AtomicUsize::new(0),
+            shard_min,
             slots: Mutex::new(HashMap::new()),
         }
     }
@@ -557,9 +561,7 @@ struct Shards {
 impl Shards {
     async fn run(self) {
         let n = self.outboxes.len();
-        let shards = self
-            .shards
-            .clamp(1, n.div_ceil(PARALLEL_FAN_OUT_MIN / 2).max(1));
+        let shards = self.shards.clamp(1, (n / MIN_SHARD).max(1));
         let size = n.div_ceil(shards);
         let mut others = Vec::with_capacity(shards - 1);
         for shard in 1..shards {
@@ -686,6 +688,9 @@ async fn resubscribe(hub: &Arc<Hub>, slot: &Arc<Slot>) -> Option<Subscription> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Channels this big fan out in parallel shards in these tests.
+    const SHARD_MIN: usize = 2_048;
     use herald_core::{MemoryBroker, MemoryBrokerConfig, Payload, PublishRequest};
 
     fn setup(live_buffer: usize) -> (MemoryBroker, Arc<Hub>) {
@@ -705,6 +710,7 @@ mod tests {
                 node_bytes: 64 << 20,
                 max_age: Duration::from_secs(300),
             },
+            SHARD_MIN,
         ));
         (broker, hub)
     }
@@ -796,7 +802,7 @@ mod tests {
     async fn a_big_channel_fans_out_in_parallel_shards_in_order() {
         let (broker, hub) = setup(1024);
         let ch = ChannelName::new("big").unwrap();
-        let subscribers = PARALLEL_FAN_OUT_MIN * 2 + 7;
+        let subscribers = SHARD_MIN * 2 + 7;
         let mut outboxes = Vec::new();
         for conn in 0..subscribers as u64 {
             let outbox = Arc::new(Outbox::new(1 << 20, Protocol::WebSocket));

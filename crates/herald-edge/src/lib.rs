@@ -105,6 +105,9 @@ pub struct EdgeConfig {
     pub recent_channel_bytes: usize,
     /// Most bytes of recent messages kept by all channels together; 0 turns the cache off.
     pub recent_node_bytes: usize,
+    /// Local subscribers from which one channel's fan-out is split into one shard per
+    /// runtime worker; 0 never splits.
+    pub fanout_shard_min: usize,
     /// The broker's history age limit (recent messages close to it are left to the broker).
     pub history_max_age: Duration,
     /// How long a channel keeps its broker subscription after its last local subscriber.
@@ -164,6 +167,10 @@ impl EdgeConfig {
     pub const DEFAULT_RECENT_CHANNEL_BYTES: usize = 1 << 20;
     /// Default recent-message bytes per node: 64 MiB.
     pub const DEFAULT_RECENT_NODE_BYTES: usize = 64 << 20;
+    /// Default [`EdgeConfig::fanout_shard_min`]: off. On the 2-core test machine, with the load
+    /// generator on the second core, splitting a 10,000-subscriber fan-out raised p99 from
+    /// 0.5-0.7 s to 2.6-2.7 s (docs/benchmarks.md); turn it on where a node has cores to itself.
+    pub const DEFAULT_FANOUT_SHARD_MIN: usize = 0;
     /// Default history age (the default history TTL).
     pub const DEFAULT_HISTORY_MAX_AGE: Duration = Duration::from_secs(300);
     /// Messages read per broker call when a live feed is repaired or a cache filled.
@@ -193,6 +200,7 @@ impl Default for EdgeConfig {
             recent_messages: Self::DEFAULT_RECENT_MESSAGES,
             recent_channel_bytes: Self::DEFAULT_RECENT_CHANNEL_BYTES,
             recent_node_bytes: Self::DEFAULT_RECENT_NODE_BYTES,
+            fanout_shard_min: Self::DEFAULT_FANOUT_SHARD_MIN,
             history_max_age: Self::DEFAULT_HISTORY_MAX_AGE,
             interest_linger: Self::DEFAULT_INTEREST_LINGER,
             cors_origins: vec!["*".into()],
@@ -266,6 +274,7 @@ impl Edge {
                 node_bytes: config.recent_node_bytes,
                 max_age: config.history_max_age,
             },
+            config.fanout_shard_min,
         ));
         let inner = Arc::new(EdgeInner {
             registry: Arc::new(registry::Registry::new(

@@ -140,6 +140,10 @@ pub(crate) struct Settings {
     /// [default: 67108864].
     #[arg(long, env = "HERALD_RECENT_CACHE_BYTES")]
     pub(crate) recent_cache_bytes: Option<usize>,
+    /// Local subscribers from which one channel's fan-out is split across the runtime's
+    /// workers; 0 never splits [default: 0].
+    #[arg(long, env = "HERALD_FANOUT_SHARD_MIN")]
+    pub(crate) fanout_shard_min: Option<usize>,
     /// Held connections per node [default: 100000].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub(crate) max_connections: Option<usize>,
@@ -271,7 +275,7 @@ impl Settings {
         layer!(self, file; http_addr, grpc_addr, admin_addr, broker, nats_url, node_id,
             nats_stream, nats_replicas, nats_storage, nats_user, nats_password, nats_token,
             nats_creds, nats_ca, nats_tls,
-            history_size, history_ttl, max_message_bytes, outbox_bytes, recent_cache_bytes, max_connections,
+            history_size, history_ttl, max_message_bytes, outbox_bytes, recent_cache_bytes, fanout_shard_min, max_connections,
             max_channels_per_connection, cors_origins, disabled_transports, sse_heartbeat, sse_retry,
             ws_ping_interval, drain_timeout, drain_rate, log, log_format, api_keys,
             api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval, auth_hmac_secret,
@@ -517,6 +521,7 @@ impl Config {
         edge.sse_retry = s.sse_retry.unwrap_or(edge.sse_retry);
         edge.ws_ping_interval = s.ws_ping_interval.unwrap_or(edge.ws_ping_interval);
         edge.recent_node_bytes = s.recent_cache_bytes.unwrap_or(edge.recent_node_bytes);
+        edge.fanout_shard_min = s.fanout_shard_min.unwrap_or(edge.fanout_shard_min);
         edge.recent_messages = history.max_messages;
         edge.history_max_age = history.max_age;
         edge.max_client_frame = edge.max_client_frame.max(control.max_message_bytes);
