@@ -115,6 +115,8 @@ pub(crate) struct Shared {
     tips: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ChainTip>>>>>,
     /// Counts of batched history reads.
     history: HistoryCounters,
+    /// Live subscriptions behind the node's wildcard ([`crate::LiveInterest::Wildcard`]).
+    pub(crate) demux: crate::demux::Demux,
 }
 
 impl Shared {
@@ -178,6 +180,7 @@ impl NatsBroker {
             slow_consumers: AtomicU64::new(0),
             tips: parking_lot::Mutex::new(HashMap::new()),
             history: HistoryCounters::default(),
+            demux: crate::demux::Demux::default(),
         });
         tokio::spawn(supervise(Arc::downgrade(&shared), events_rx));
         Ok(Self { shared })
