@@ -10,11 +10,14 @@
 //!   the broker reads it cost (from each node's metrics).
 //! - `catchup`: a resume N messages back: time to the first message, backlog rate, and
 //!   progress with short-lived connections.
+//! - `channels`: many channels with a few subscribers each at a steady total publish rate:
+//!   latency, loss, server CPU per delivery and memory per channel (also against Nchan).
 //!
 //! `idle` and `fanout` also drive the peers (`--target nchan|socketio|pushpin`) with the same
 //! clients and measurements, so figures can be compared in one run (scripts/bench-peers.sh).
 
 mod catchup;
+mod channels;
 mod peers;
 mod publish;
 mod storm;
@@ -151,6 +154,51 @@ enum Cmd {
         /// PID of the server (CPU).
         #[arg(long)]
         pid: Option<u32>,
+    },
+    /// Many channels, a few subscribers each, one steady total publish rate spread over them.
+    Channels {
+        /// Server under load (herald or nchan).
+        #[arg(long, value_enum, default_value = "herald")]
+        target: peers::Target,
+        /// Subscriber transport.
+        #[arg(long, value_enum, default_value = "ws")]
+        protocol: channels::Transport,
+        /// Client address of a node; repeat for several (connections are spread over them).
+        #[arg(long, required = true)]
+        addr: Vec<SocketAddr>,
+        /// gRPC endpoint (Herald), e.g. http://127.0.0.1:50051.
+        #[arg(long, default_value = "")]
+        grpc: String,
+        /// HTTP publish address of a peer (default: the first --addr).
+        #[arg(long)]
+        publish_addr: Option<SocketAddr>,
+        #[arg(long, default_value_t = 10_000)]
+        channels: usize,
+        /// Subscriptions per channel: K, or A-B for an even spread (e.g. 1-5).
+        #[arg(long, default_value = "1")]
+        subscribers: String,
+        /// Channels each connection subscribes to (Herald only).
+        #[arg(long, default_value_t = 1)]
+        channels_per_connection: usize,
+        /// Total publishes per second, spread round robin over the channels.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Approximate payload bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
+        sources: String,
+        /// PID of each server process (CPU, RSS), nats-server included; repeat for several.
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// Kept-alive HTTP publish connections (peers).
+        #[arg(long, default_value_t = 16)]
+        publishers: usize,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Publishes per second through gRPC: unary calls or PublishStream.
     Publish {
@@ -579,6 +627,42 @@ async fn main() -> anyhow::Result<()> {
                 messages,
                 connection_ms,
                 pid,
+            })
+            .await
+        }
+        Cmd::Channels {
+            target,
+            protocol,
+            addr,
+            grpc,
+            publish_addr,
+            channels,
+            subscribers,
+            channels_per_connection,
+            rate,
+            duration,
+            size,
+            sources: s,
+            pid,
+            publishers,
+            json,
+        } => {
+            channels::run(channels::Channels {
+                target,
+                transport: protocol,
+                addrs: addr,
+                grpc,
+                publish_addr,
+                channels,
+                subscribers: channels::parse_subscribers(&subscribers)?,
+                per_connection: channels_per_connection,
+                rate,
+                duration,
+                size,
+                sources: sources(&s)?,
+                pids: pid,
+                publishers,
+                json,
             })
             .await
         }

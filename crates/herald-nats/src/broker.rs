@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     /// written together every [`TIP_FLUSH`] instead of one stored write per publish. At most
     /// [`MAX_PENDING_TIPS`]; past it a tip is written at once.
     pending_tips: parking_lot::Mutex<HashMap<ChannelName, u64>>,
+    /// Live subscriptions behind the node's wildcard ([`crate::LiveInterest::Wildcard`]).
+    pub(crate) demux: crate::demux::Demux,
 }
 
 impl Shared {
@@ -202,6 +204,7 @@ impl NatsBroker {
             history: HistoryCounters::default(),
             contended: AtomicU64::new(0),
             pending_tips: parking_lot::Mutex::new(HashMap::new()),
+            demux: crate::demux::Demux::default(),
         });
         tokio::spawn(supervise(Arc::downgrade(&shared), events_rx));
         tokio::spawn(flush_tips(Arc::downgrade(&shared)));

@@ -32,6 +32,25 @@ pub struct NatsAuth {
     pub require_tls: bool,
 }
 
+/// How a node receives the live copies of stored messages (`<prefix>.live.<token>`).
+///
+/// Both keep exact gap detection (each channel's chain is checked per subscription). Measured
+/// costs and when to pick which: docs/scaling.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveInterest {
+    /// One core NATS subscription per channel with local subscribers: the node receives only
+    /// what it delivers, but every such channel costs a subscription on every NATS server
+    /// (interest is propagated over routes), a round trip to set up, and about 6-8 KiB in the
+    /// node (async-nats' per-subscription queue); a reconnect re-subscribes each one.
+    #[default]
+    PerChannel,
+    /// One wildcard subscription per node, demultiplexed locally: subscribing a channel is a
+    /// table insert and costs nothing on the servers, but the node receives every message of the
+    /// stream, with or without local interest. Pays when a node has subscribers on a large share
+    /// of the channels that are published to, or on very many channels.
+    Wildcard,
+}
+
 /// Settings of [`crate::NatsBroker`].
 #[derive(Debug, Clone)]
 pub struct NatsBrokerConfig {
@@ -70,6 +89,9 @@ pub struct NatsBrokerConfig {
     /// Per-subscription buffer of live events, in messages. A reader that falls this far
     /// behind gets [`herald_core::LiveEvent::Lagged`] and repairs from history.
     pub live_buffer: usize,
+    /// How a node tells NATS which channels it wants live: one subscription per channel
+    /// (the default), or one wildcard subscription for everything (see [`LiveInterest`]).
+    pub live_interest: LiveInterest,
     /// Credentials and TLS.
     pub auth: NatsAuth,
 }
@@ -115,6 +137,7 @@ impl Default for NatsBrokerConfig {
             ping_interval: Self::DEFAULT_PING_INTERVAL,
             tip_max_age: Self::DEFAULT_TIP_MAX_AGE,
             live_buffer: Self::DEFAULT_LIVE_BUFFER,
+            live_interest: LiveInterest::PerChannel,
             auth: NatsAuth::default(),
         }
     }

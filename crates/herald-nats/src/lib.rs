@@ -89,6 +89,11 @@
 //! a reconnect (and after async-nats reports a slow consumer) the subscription re-subscribes on
 //! the new connection and yields `Lagged`.
 //!
+//! With [`LiveInterest::Wildcard`] a node instead subscribes once to `<prefix>.live.>` and
+//! demultiplexes locally (module `demux`): the same chain check per subscription, no
+//! per-channel state on the servers or round trip per channel, but every message of the stream
+//! reaches every node. docs/scaling.md has the measured costs of both.
+//!
 //! # Failing fast, and no ghost publishes
 //!
 //! A publish that was answered with an error must never be delivered later. async-nats keeps
@@ -118,6 +123,7 @@
 mod broker;
 mod cluster;
 mod config;
+mod demux;
 mod error;
 mod history;
 mod live;
@@ -127,7 +133,7 @@ pub mod testing;
 
 pub use broker::NatsBroker;
 pub use cluster::{NatsCluster, NatsClusterConfig, node_token};
-pub use config::{NatsAuth, NatsBrokerConfig, StorageKind};
+pub use config::{LiveInterest, NatsAuth, NatsBrokerConfig, StorageKind};
 pub use error::NatsError;
 pub use history::HistoryStats;
 #[cfg(feature = "testing")]

@@ -1,5 +1,7 @@
 //! Live subscriptions: a core NATS subscription on the channel's republish subject, checked
 //! link by link against the channel's chain, moved to each new connection after a break.
+//! With [`crate::LiveInterest::Wildcard`], [`subscribe`] hands over to [`crate::demux`]: one
+//! subscription for the whole node, the same chain check per channel.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -24,6 +26,9 @@ pub(crate) async fn subscribe(
     shared: &Arc<Shared>,
     channel: &ChannelName,
 ) -> Result<Subscription, BrokerError> {
+    if shared.config.live_interest == crate::LiveInterest::Wildcard {
+        return crate::demux::subscribe(shared, channel).await;
+    }
     let link = shared.connected_link()?;
     let subject = shared.subjects.live(channel);
     let sub = register(shared, &link, &subject).await?;
@@ -31,18 +36,15 @@ pub(crate) async fn subscribe(
     let feed = Feed {
         shared: Arc::downgrade(shared),
         links: shared.link.subscribe(),
-        channel: channel.clone(),
         subject,
-        tx,
-        last: None,
-        owe_lagged: false,
-        slow_mark: shared.slow_consumers.load(Ordering::Relaxed),
+        chain: Chain::new(channel.clone(), tx, shared),
     };
     tokio::spawn(feed.run(link, sub));
     Ok(Subscription::new(ReceiverStream::new(rx)))
 }
 
-async fn register(
+/// Subscribes to `subject` on `link` and waits until the server has registered it.
+pub(crate) async fn register(
     shared: &Shared,
     link: &Link,
     subject: &str,
@@ -68,15 +70,8 @@ struct Feed {
     shared: std::sync::Weak<Shared>,
     /// Connection changes; closed when the broker is dropped (the feed then ends).
     links: tokio::sync::watch::Receiver<Option<Arc<Link>>>,
-    channel: ChannelName,
     subject: String,
-    tx: mpsc::Sender<LiveEvent>,
-    /// Cursor of the last message yielded (`None`: nothing yet, or a `Lagged` reset it).
-    last: Option<u64>,
-    /// A `Lagged` could not be queued (reader slow) and must precede the next message.
-    owe_lagged: bool,
-    /// The broker's slow-consumer count when `last` was yielded.
-    slow_mark: u64,
+    chain: Chain,
 }
 
 impl Feed {
@@ -89,7 +84,7 @@ impl Feed {
         loop {
             tokio::select! {
                 biased;
-                _ = self.tx.closed() => return,
+                _ = self.chain.tx.closed() => return,
                 changed = self.links.changed() => {
                     if changed.is_err() {
                         return; // broker dropped
@@ -106,7 +101,13 @@ impl Feed {
                     }
                 }
                 msg = next(&mut sub) => match msg {
-                    Some(msg) => self.deliver(msg),
+                    Some(msg) => {
+                        let slow = self
+                            .shared
+                            .upgrade()
+                            .map_or(0, |s| s.slow_consumers.load(Ordering::Relaxed));
+                        self.chain.deliver(msg, slow);
+                    }
                     None => sub = None, // connection gone; a new link will follow
                 },
                 _ = retry.tick(), if sub.is_none() => {
@@ -131,18 +132,44 @@ impl Feed {
         let shared = self.shared.upgrade()?;
         match register(&shared, link, &self.subject).await {
             Ok(sub) => {
-                debug!(channel = %self.channel, "live subscription moved to a new connection");
-                self.lagged();
+                debug!(channel = %self.chain.channel, "live subscription moved to a new connection");
+                self.chain.lagged();
                 Some(sub)
             }
             Err(error) => {
-                debug!(channel = %self.channel, %error, "re-subscribe failed; retrying");
+                debug!(channel = %self.chain.channel, %error, "re-subscribe failed; retrying");
                 None
             }
         }
     }
+}
 
-    fn lagged(&mut self) {
+/// One subscription's side of a channel's chain: yields each republished message whose
+/// predecessor is the one yielded before it, and a `Lagged` wherever a link may be missing.
+pub(crate) struct Chain {
+    pub(crate) channel: ChannelName,
+    pub(crate) tx: mpsc::Sender<LiveEvent>,
+    /// Cursor of the last message yielded (`None`: nothing yet, or a `Lagged` reset it).
+    last: Option<u64>,
+    /// A `Lagged` could not be queued (reader slow) and must precede the next message.
+    owe_lagged: bool,
+    /// The broker's slow-consumer count when `last` was yielded.
+    slow_mark: u64,
+}
+
+impl Chain {
+    pub(crate) fn new(channel: ChannelName, tx: mpsc::Sender<LiveEvent>, shared: &Shared) -> Self {
+        Self {
+            channel,
+            tx,
+            last: None,
+            owe_lagged: false,
+            slow_mark: shared.slow_consumers.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Everything since the last yielded message may be missing: the reader must repair.
+    pub(crate) fn lagged(&mut self) {
         self.last = None;
         self.owe_lagged = true;
         self.flush_lagged();
@@ -158,7 +185,9 @@ impl Feed {
         true
     }
 
-    fn deliver(&mut self, msg: NatsMessage) {
+    /// Checks `msg` against the chain and yields it (or a `Lagged` before it). `slow` is the
+    /// broker's slow-consumer count now.
+    pub(crate) fn deliver(&mut self, msg: NatsMessage, slow: u64) {
         let Some(headers) = msg.headers.as_ref() else {
             return;
         };
@@ -172,10 +201,6 @@ impl Feed {
         let prev = header_u64(headers, HDR_LAST_SEQ)
             .filter(|&seq| seq > 0)
             .or_else(|| header_u64(headers, HDR_PREV));
-        let slow = self
-            .shared
-            .upgrade()
-            .map_or(0, |s| s.slow_consumers.load(Ordering::Relaxed));
         if let Some(last) = self.last {
             if seq <= last {
                 return; // already yielded

@@ -89,6 +89,16 @@ impl NatsServer {
         self.port
     }
 
+    /// The HTTP monitoring port (`/varz`, `/subsz`, `/healthz`).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor
+    }
+
+    /// The server's process id while it runs (for RSS and CPU figures from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL) and waits for it to exit; the store is kept.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

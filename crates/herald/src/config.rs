@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use herald_control::{ApiKeys, ControlConfig, TlsFiles};
 use herald_core::{HistoryLimits, MemoryBrokerConfig};
 use herald_edge::EdgeConfig;
-use herald_nats::{NatsAuth, NatsBrokerConfig, StorageKind};
+use herald_nats::{LiveInterest, NatsAuth, NatsBrokerConfig, StorageKind};
 use serde::Deserialize;
 
 /// Default client port address.
@@ -43,6 +43,16 @@ pub(crate) enum NatsStorage {
     File,
     /// In memory.
     Memory,
+}
+
+/// How a node subscribes to live messages on NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum NatsLiveInterest {
+    /// One subscription per channel with local subscribers.
+    PerChannel,
+    /// One wildcard subscription per node, demultiplexed locally.
+    Wildcard,
 }
 
 /// Log line format.
@@ -101,6 +111,9 @@ pub(crate) struct Settings {
     /// JetStream storage: file or memory [default: file].
     #[arg(long, env = "HERALD_NATS_STORAGE")]
     pub(crate) nats_storage: Option<NatsStorage>,
+    /// Live interest on NATS: per-channel or wildcard [default: per-channel] (docs/scaling.md).
+    #[arg(long, env = "HERALD_NATS_LIVE_INTEREST")]
+    pub(crate) nats_live_interest: Option<NatsLiveInterest>,
     /// NATS user (with HERALD_NATS_PASSWORD).
     #[arg(long, env = "HERALD_NATS_USER")]
     pub(crate) nats_user: Option<String>,
@@ -273,7 +286,7 @@ impl Settings {
         let file: Settings = toml::from_str(&text)
             .with_context(|| format!("parsing config file {}", path.display()))?;
         layer!(self, file; http_addr, grpc_addr, admin_addr, broker, nats_url, node_id,
-            nats_stream, nats_replicas, nats_storage, nats_user, nats_password, nats_token,
+            nats_stream, nats_replicas, nats_storage, nats_live_interest, nats_user, nats_password, nats_token,
             nats_creds, nats_ca, nats_tls,
             history_size, history_ttl, max_message_bytes, outbox_bytes, recent_cache_bytes, fanout_shard_min, max_connections,
             max_channels_per_connection, cors_origins, disabled_transports, sse_heartbeat, sse_retry,
@@ -654,6 +667,10 @@ impl Config {
                 storage: match s.nats_storage.unwrap_or(NatsStorage::File) {
                     NatsStorage::File => StorageKind::File,
                     NatsStorage::Memory => StorageKind::Memory,
+                },
+                live_interest: match s.nats_live_interest.unwrap_or(NatsLiveInterest::PerChannel) {
+                    NatsLiveInterest::PerChannel => LiveInterest::PerChannel,
+                    NatsLiveInterest::Wildcard => LiveInterest::Wildcard,
                 },
                 auth: NatsAuth {
                     user: s.nats_user,

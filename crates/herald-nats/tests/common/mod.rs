@@ -8,7 +8,7 @@ use herald_core::{
     Broker, BrokerError, BrokerState, ChannelName, Cursor, HistoryLimits, HistoryPage,
     HistoryQuery, PublishRequest, Published, Subscription,
 };
-use herald_nats::{NatsBroker, NatsBrokerConfig, StorageKind, testing::NatsServer};
+use herald_nats::{LiveInterest, NatsBroker, NatsBrokerConfig, StorageKind, testing::NatsServer};
 use tokio::sync::watch;
 
 /// A test config for `urls`, with fast timeouts and the given limits.
@@ -30,12 +30,20 @@ pub struct ServerBroker {
 
 impl ServerBroker {
     pub async fn start(limits: HistoryLimits) -> Self {
+        Self::start_with(limits, LiveInterest::PerChannel).await
+    }
+
+    /// Like [`ServerBroker::start`], with the given way of subscribing to live messages.
+    pub async fn start_with(limits: HistoryLimits, live_interest: LiveInterest) -> Self {
         let server = tokio::task::spawn_blocking(NatsServer::start)
             .await
             .expect("server");
-        let broker = NatsBroker::connect(config(vec![server.url()], limits))
-            .await
-            .expect("connect");
+        let broker = NatsBroker::connect(NatsBrokerConfig {
+            live_interest,
+            ..config(vec![server.url()], limits)
+        })
+        .await
+        .expect("connect");
         Self { broker, server }
     }
 }
