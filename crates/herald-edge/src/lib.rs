@@ -15,6 +15,8 @@ mod outbox;
 mod params;
 mod poll;
 mod proxy;
+mod rawhttp;
+mod rawpoll;
 mod rawsse;
 mod registry;
 mod server;
@@ -299,16 +301,19 @@ impl Edge {
             .route("/sse", get(sse_route))
             .route("/poll", get(poll_route))
             .layer(cors);
-        Router::new()
+        let mut routes = Router::new()
             .route("/ws", get(ws_route))
             .merge(polled)
-            .merge(assets::routes())
-            .layer(axum::middleware::from_fn_with_state(
+            .merge(assets::routes());
+        // Only when a transport is disabled: the check costs every request a boxed future
+        // and a clone of the route's service stack.
+        if !self.inner.config.disabled_transports.is_empty() {
+            routes = routes.layer(axum::middleware::from_fn_with_state(
                 self.inner.clone(),
                 assets::refuse_disabled,
-            ))
-            .fallback(not_found)
-            .with_state(self.inner.clone())
+            ));
+        }
+        routes.fallback(not_found).with_state(self.inner.clone())
     }
 
     /// Serves the routes on `listener` until `stop` is cancelled, then waits for open HTTP
@@ -434,17 +439,24 @@ async fn sse_route(
 
 async fn poll_route(
     State(edge): State<Arc<EdgeInner>>,
-    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Response {
-    let ip = connect.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
-    poll::handle(edge.clone(), ip, query, headers)
-        .await
-        .unwrap_or_else(|e| {
-            edge.metrics.refuse(e.refusal());
-            e.into_response()
-        })
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    // Checked on the request as it is (no copy of its query or headers), which is then
+    // dropped: a held poll keeps none of it.
+    let prepared = poll::prepare(&edge, ip, request.uri().query(), request.headers());
+    drop(request);
+    let answer = match prepared {
+        Ok(prepared) => poll::handle(edge.clone(), prepared).await,
+        Err(e) => Err(e),
+    };
+    answer.unwrap_or_else(|e| {
+        edge.metrics.refuse(e.refusal());
+        e.into_response()
+    })
 }
 
 async fn not_found() -> Response {
