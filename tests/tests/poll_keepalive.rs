@@ -310,3 +310,44 @@ async fn sigterm_answers_held_polls_and_closes_keep_alive_connections() {
         "exit after drain: {status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_keep_cors_and_disabled_transports_on_a_keep_alive_connection() {
+    let node = Node::start(&[
+        ("HERALD_DISABLED_TRANSPORTS", "longpoll"),
+        ("HERALD_CORS_ORIGINS", "https://app.example"),
+    ])
+    .await;
+    let ch = channel("ka-cors");
+    let mut c = Conn::open(node.http).await;
+    for _ in 0..2 {
+        c.get(
+            &format!("/poll?channel={ch}"),
+            "Origin: https://app.example\r\n",
+        )
+        .await;
+        let a = c.answer().await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(
+            a.header("access-control-allow-origin"),
+            Some("https://app.example"),
+            "{a:?}"
+        );
+        assert!(
+            a.header("vary").is_some_and(|v| v.contains("origin")),
+            "{a:?}"
+        );
+        c.get(
+            &format!("/poll?channel={ch}"),
+            "Origin: https://elsewhere.example\r\n",
+        )
+        .await;
+        let a = c.answer().await;
+        assert_eq!(a.header("access-control-allow-origin"), None, "{a:?}");
+
+        let a = c.request(&format!("/poll?channel={ch}&wait=5")).await;
+        assert_eq!(a.status, 403, "{a:?}");
+        assert_eq!(a.json()["error"]["code"], "transport_disabled", "{a:?}");
+        assert!(!a.closes(), "{a:?}");
+    }
+}

@@ -320,7 +320,23 @@ impl Edge {
     /// requests (SSE streams, held polls) to finish. Upgraded WebSockets are not waited
     /// for here; [`Edge::drain`] closes them.
     pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
-        server::serve(listener, self.router(), stop, &self.inner).await;
+        server::serve(
+            listener,
+            self.router(),
+            self.poll_endpoint(),
+            stop,
+            &self.inner,
+        )
+        .await;
+    }
+
+    /// `GET /poll` exactly as [`Edge::router`] answers it, for the raw poll path.
+    fn poll_endpoint(&self) -> PollEndpoint {
+        let cors = cors_layer(&self.inner.config.cors_origins);
+        PollEndpoint {
+            edge: self.inner.clone(),
+            cors: tower::Layer::layer(&cors, PollHandler(self.inner.clone())),
+        }
     }
 
     /// Starts draining: new held connections are refused, and every held connection is told
@@ -371,6 +387,51 @@ impl Edge {
     /// Connection-channel subscriptions on this node right now.
     pub fn subscriptions(&self) -> u64 {
         self.inner.metrics.subscriptions.get().max(0) as u64
+    }
+}
+
+/// `GET /poll` as the router answers it, without the routing: the disabled-transport check
+/// ([`assets::disabled`]), the same CORS layer as the route, and [`poll_route`]. The raw poll
+/// path (`rawpoll`) calls it for each request it recognised as `GET /poll` (path exactly
+/// `/poll`), sparing every poll the router's matching, boxing and per-layer service clones.
+#[derive(Clone)]
+pub(crate) struct PollEndpoint {
+    edge: Arc<EdgeInner>,
+    cors: tower_http::cors::Cors<PollHandler>,
+}
+
+impl PollEndpoint {
+    pub(crate) async fn call(&self, request: axum::extract::Request) -> Response {
+        if let Some(refused) = assets::disabled(&self.edge, request.uri()) {
+            return refused;
+        }
+        tower::ServiceExt::oneshot(self.cors.clone(), request)
+            .await
+            .unwrap_or_else(|e| match e {})
+    }
+}
+
+/// [`poll_route`] as a service.
+#[derive(Clone)]
+pub(crate) struct PollHandler(Arc<EdgeInner>);
+
+impl tower::Service<axum::extract::Request> for PollHandler {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let edge = self.0.clone();
+        Box::pin(async move { Ok(poll_route(State(edge), request).await) })
     }
 }
 

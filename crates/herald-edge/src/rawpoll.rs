@@ -4,8 +4,9 @@
 //! Served by hyper, each keeps a whole HTTP/1 connection state (an 8 KiB read buffer, the
 //! dispatcher, the request) while it waits; an interval poll pays hyper's per-request work.
 //! Here, as for `/sse` (see `rawsse`), the accept loop recognises `GET /poll` by its first
-//! bytes; each head is read with a buffer dropped right after parsing and goes through the
-//! same router (CORS, disabled transports, auth, limits and every poll rule unchanged); the
+//! bytes; each head is read with a buffer dropped right after parsing and goes through what
+//! the router runs for `/poll` (`PollEndpoint`: the disabled-transport check, the same CORS
+//! layer, the same handler with its auth, limits and poll rules), without the routing; the
 //! response is written with `Content-Length` in one write.
 //!
 //! The connection stays open between requests (HTTP/1.1 keep-alive), holding no buffer while
@@ -25,7 +26,6 @@ use http::Response;
 use http_body_util::BodyExt;
 use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use crate::{
     ConnKill,
@@ -118,12 +118,12 @@ pub(crate) async fn serve(
             Ok(client) => {
                 request.extensions_mut().insert(ConnectInfo(client));
                 request.extensions_mut().insert(ConnKill(kill.clone()));
-                let call = ctx.router.clone().oneshot(request);
+                let call = ctx.poll.call(request);
                 tokio::select! {
                     // The answer first: an interval poll is usually ready at once, and then
                     // the socket is not even looked at.
                     biased;
-                    response = call => response.unwrap_or_else(|e| match e {}),
+                    response = call => response,
                     // The client closed while its poll was held: dropping the request ends
                     // it (registration, live-feed interest, poll-client count).
                     () = closed(&stream) => return,

@@ -27,6 +27,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    poll: crate::PollEndpoint,
     stop: CancellationToken,
     edge: &EdgeInner,
 ) {
@@ -47,6 +48,7 @@ pub(crate) async fn serve(
         .keep_alive(true);
     let ctx = Arc::new(ConnCtx {
         router,
+        poll,
         stop: stop.clone(),
         admission: admission.clone(),
         builder,
@@ -153,6 +155,8 @@ pub(crate) async fn serve(
 /// What every connection task of the client port shares.
 pub(crate) struct ConnCtx {
     pub(crate) router: Router,
+    /// `GET /poll` as the router answers it, for the raw poll path.
+    pub(crate) poll: crate::PollEndpoint,
     /// Cancelled when the node stops accepting: connections finish their request and close.
     pub(crate) stop: CancellationToken,
     pub(crate) admission: Arc<Admission>,
