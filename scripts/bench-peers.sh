@@ -2,10 +2,13 @@
 # Herald side by side with Nchan, Socket.IO and Pushpin, in one run on this machine: every
 # server pinned to CPU 0 (taskset, children included), the load generator to CPU 1, the same
 # clients, payload size (100 bytes) and connection limits. Bounded: every step stops by itself.
-#   scripts/bench-peers.sh [idle|fanout|storm|all]     (default all)
-# Environment: CONNS (idle connections, 15000), SUBS (fan-out subscribers, 10000),
+#   scripts/bench-peers.sh [idle|fanout|storm|poll|all]     (default all)
+# Environment: CONNS (idle connections and held long-polls, 15000), SUBS (fan-out subscribers, 10000),
+#   POLL_CLIENTS (keep-alive interval pollers, 50), POLL_RATES (total polls/s, 0 = flat out,
+#   "10000 20000 0"),
 #   RATES (publishes/s, "1 5 10 20"), DURATION (publishing time per rate, 10s), OUT,
-#   ONLY (e.g. "herald:sse nchan:ws": just these runs).
+#   ONLY (e.g. "herald:sse nchan:ws herald:poll": just these runs), HERALD_BIN (another herald binary,
+#   e.g. a build of main for a before/after comparison).
 # Results: JSON lines in $OUT/*.jsonl, a Markdown report ($OUT/report.md) with Herald/peer
 # ratios, and a plot of p99 latency against publish rate ($OUT/fanout-p99.png).
 set -euo pipefail
@@ -50,7 +53,7 @@ start_server() {
     herald)
       HERALD_HTTP_ADDR=127.0.0.1:28080 HERALD_GRPC_ADDR=127.0.0.1:25051 HERALD_ADMIN_ADDR=127.0.0.1:29464 \
         HERALD_LOG=warn HERALD_MAX_CONNECTIONS=100000 HERALD_MAX_CHANNELS_PER_CONNECTION=100 \
-        taskset -c 0 "$ROOT/target/release/herald" serve >"$OUT/herald.log" 2>&1 &
+        taskset -c 0 "${HERALD_BIN:-$ROOT/target/release/herald}" serve >"$OUT/herald.log" 2>&1 &
       HERALD_PID=$!
       for _ in $(seq 100); do curl -fs http://127.0.0.1:29464/readyz >/dev/null && break; sleep 0.1; done
       ADDR=127.0.0.1:28080 PUB=http://127.0.0.1:25051 SERVER_PIDS=("$HERALD_PID") ;;
@@ -117,6 +120,30 @@ if [ "$WHAT" = storm ] || [ "$WHAT" = all ]; then
   timeout 240 $BENCH storm --addr "$ADDR" --grpc "$PUB" --clients "$SUBS" --missed 50 \
     --sources 127.0.0.2-127.0.0.9 --pid "$HERALD_PID" --admin 127.0.0.1:29464 | tail -1 | tee "$OUT/storm.json" || echo "   (failed)"
   stop_server
+fi
+
+if [ "$WHAT" = poll ] || [ "$WHAT" = all ]; then
+  # Herald's /poll against Nchan's long-poll (/sub/<ch>) and interval-poll (/poll/<ch>).
+  : >"$OUT/poll.jsonl"
+  for target in herald nchan; do
+    [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $target:poll "* ]] && continue
+    echo "==> held long-polls: $target x $CONNS"
+    start_server "$target"
+    # shellcheck disable=SC2046
+    timeout 300 $BENCH longpoll-idle --target "$target" --addr "$ADDR" --connections "$CONNS" \
+      --sources 127.0.0.2-127.0.0.9 $(pid_args) --hold 5s \
+      | tail -1 | tee -a "$OUT/poll.jsonl" || echo "   (failed)"
+    stop_server
+    start_server "$target"
+    for rate in ${POLL_RATES:-10000 20000 0}; do
+      echo "==> interval polls of a quiet channel: $target, ${POLL_CLIENTS:-50} clients, rate $rate/s (0 = flat out) for $DURATION"
+      # shellcheck disable=SC2046
+      timeout 120 $BENCH poll-load --target "$target" --addr "$ADDR" --clients "${POLL_CLIENTS:-50}" \
+        --rate "$rate" --duration "$DURATION" --sources 127.0.0.2-127.0.0.9 $(pid_args) \
+        | tail -1 | tee -a "$OUT/poll.jsonl" || echo "   (failed)"
+    done
+    stop_server
+  done
 fi
 
 python3 scripts/bench-peers-report.py "$OUT"

@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod harden;
+pub mod http1;
 pub mod observe;
 pub mod resume;
 

@@ -12,13 +12,17 @@
 //!   progress with short-lived connections.
 //! - `channels`: many channels with a few subscribers each at a steady total publish rate:
 //!   latency, loss, server CPU per delivery and memory per channel (also against Nchan).
+//! - `longpoll-idle`: N held long-polls, server RSS per held request (see `poll.rs`).
+//! - `poll-load`: K keep-alive clients polling a quiet channel, server CPU per poll.
 //!
-//! `idle` and `fanout` also drive the peers (`--target nchan|socketio|pushpin`) with the same
-//! clients and measurements, so figures can be compared in one run (scripts/bench-peers.sh).
+//! `idle`, `fanout`, `channels`, `longpoll-idle` and `poll-load` also drive the peers
+//! (`--target nchan|socketio|pushpin`) with the same clients and measurements, so figures can be
+//! compared in one run (scripts/bench-peers.sh, scripts/bench-channels.sh).
 
 mod catchup;
 mod channels;
 mod peers;
+mod poll;
 mod publish;
 mod storm;
 
@@ -199,6 +203,56 @@ enum Cmd {
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+    },
+    /// Hold N long-polls (each re-issued when answered) and report server RSS per held poll.
+    LongpollIdle {
+        /// Server under load (herald or nchan).
+        #[arg(long, value_enum, default_value = "herald")]
+        target: peers::Target,
+        /// Server client address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 15_000)]
+        connections: usize,
+        /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.9.
+        #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
+        sources: String,
+        /// PID of each server process (RSS is summed).
+        #[arg(long, required = true)]
+        pid: Vec<u32>,
+        /// How long to hold once all are sent.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// Number of distinct channels the polls wait on.
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// Herald's `wait` (seconds, 1-60).
+        #[arg(long, default_value_t = 25)]
+        wait: u64,
+    },
+    /// K keep-alive clients polling a quiet channel for a bounded time: polls per second and
+    /// server CPU per poll.
+    PollLoad {
+        /// Server under load (herald or nchan).
+        #[arg(long, value_enum, default_value = "herald")]
+        target: peers::Target,
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Polls per second over all clients; 0 = as fast as the server answers.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Measured time (after the warm-up).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value = "127.0.0.2-127.0.0.9")]
+        sources: String,
+        /// PID of each server process (CPU is summed).
+        #[arg(long, required = true)]
+        pid: Vec<u32>,
     },
     /// Publishes per second through gRPC: unary calls or PublishStream.
     Publish {
@@ -663,6 +717,50 @@ async fn main() -> anyhow::Result<()> {
                 pids: pid,
                 publishers,
                 json,
+            })
+            .await
+        }
+        Cmd::LongpollIdle {
+            target,
+            addr,
+            connections,
+            sources: s,
+            pid,
+            hold,
+            channels,
+            wait,
+        } => {
+            poll::held(poll::HeldPolls {
+                target,
+                addr,
+                connections,
+                sources: sources(&s)?,
+                pids: pid,
+                hold,
+                channels,
+                wait,
+            })
+            .await
+        }
+        Cmd::PollLoad {
+            target,
+            addr,
+            clients,
+            rate,
+            duration,
+            warmup,
+            sources: s,
+            pid,
+        } => {
+            poll::load(poll::PollLoad {
+                target,
+                addr,
+                clients,
+                duration,
+                rate,
+                sources: sources(&s)?,
+                pids: pid,
+                warmup,
             })
             .await
         }

@@ -73,21 +73,31 @@ pub(crate) async fn refuse_disabled(
     req: Request,
     next: Next,
 ) -> Response {
+    match disabled(&edge, req.uri()) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    }
+}
+
+/// The 403 JSON answer to a request for a transport this node has disabled, if it is one.
+pub(crate) fn disabled(edge: &EdgeInner, uri: &axum::http::Uri) -> Option<Response> {
     let disabled = &edge.config.disabled_transports;
     if !disabled.is_empty()
-        && let Some(t) = transport_of(req.uri().path(), req.uri().query())
+        && let Some(t) = transport_of(uri.path(), uri.query())
         && disabled.iter().any(|d| d == t)
     {
         let body = serde_json::json!({"error": {"code": "transport_disabled",
             "message": format!("the {t} transport is disabled on this node")}});
-        return (
-            StatusCode::FORBIDDEN,
-            [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
-            axum::Json(body),
-        )
-            .into_response();
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+                axum::Json(body),
+            )
+                .into_response(),
+        );
     }
-    next.run(req).await
+    None
 }
 
 #[cfg(test)]

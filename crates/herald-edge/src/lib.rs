@@ -15,6 +15,8 @@ mod outbox;
 mod params;
 mod poll;
 mod proxy;
+mod rawhttp;
+mod rawpoll;
 mod rawsse;
 mod registry;
 mod server;
@@ -308,23 +310,42 @@ impl Edge {
             .route("/sse", get(sse_route))
             .route("/poll", get(poll_route))
             .layer(cors);
-        Router::new()
+        let mut routes = Router::new()
             .route("/ws", get(ws_route))
             .merge(polled)
-            .merge(assets::routes())
-            .layer(axum::middleware::from_fn_with_state(
+            .merge(assets::routes());
+        // Only when a transport is disabled: the check costs every request a boxed future
+        // and a clone of the route's service stack.
+        if !self.inner.config.disabled_transports.is_empty() {
+            routes = routes.layer(axum::middleware::from_fn_with_state(
                 self.inner.clone(),
                 assets::refuse_disabled,
-            ))
-            .fallback(not_found)
-            .with_state(self.inner.clone())
+            ));
+        }
+        routes.fallback(not_found).with_state(self.inner.clone())
     }
 
     /// Serves the routes on `listener` until `stop` is cancelled, then waits for open HTTP
     /// requests (SSE streams, held polls) to finish. Upgraded WebSockets are not waited
     /// for here; [`Edge::drain`] closes them.
     pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
-        server::serve(listener, self.router(), stop, &self.inner).await;
+        server::serve(
+            listener,
+            self.router(),
+            self.poll_endpoint(),
+            stop,
+            &self.inner,
+        )
+        .await;
+    }
+
+    /// `GET /poll` exactly as [`Edge::router`] answers it, for the raw poll path.
+    fn poll_endpoint(&self) -> PollEndpoint {
+        let cors = cors_layer(&self.inner.config.cors_origins);
+        PollEndpoint {
+            edge: self.inner.clone(),
+            cors: tower::Layer::layer(&cors, PollHandler(self.inner.clone())),
+        }
     }
 
     /// Starts draining: new held connections are refused, and every held connection is told
@@ -375,6 +396,51 @@ impl Edge {
     /// Connection-channel subscriptions on this node right now.
     pub fn subscriptions(&self) -> u64 {
         self.inner.metrics.subscriptions.get().max(0) as u64
+    }
+}
+
+/// `GET /poll` as the router answers it, without the routing: the disabled-transport check
+/// ([`assets::disabled`]), the same CORS layer as the route, and [`poll_route`]. The raw poll
+/// path (`rawpoll`) calls it for each request it recognised as `GET /poll` (path exactly
+/// `/poll`), sparing every poll the router's matching, boxing and per-layer service clones.
+#[derive(Clone)]
+pub(crate) struct PollEndpoint {
+    edge: Arc<EdgeInner>,
+    cors: tower_http::cors::Cors<PollHandler>,
+}
+
+impl PollEndpoint {
+    pub(crate) async fn call(&self, request: axum::extract::Request) -> Response {
+        if let Some(refused) = assets::disabled(&self.edge, request.uri()) {
+            return refused;
+        }
+        tower::ServiceExt::oneshot(self.cors.clone(), request)
+            .await
+            .unwrap_or_else(|e| match e {})
+    }
+}
+
+/// [`poll_route`] as a service.
+#[derive(Clone)]
+pub(crate) struct PollHandler(Arc<EdgeInner>);
+
+impl tower::Service<axum::extract::Request> for PollHandler {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let edge = self.0.clone();
+        Box::pin(async move { Ok(poll_route(State(edge), request).await) })
     }
 }
 
@@ -443,17 +509,24 @@ async fn sse_route(
 
 async fn poll_route(
     State(edge): State<Arc<EdgeInner>>,
-    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Response {
-    let ip = connect.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
-    poll::handle(edge.clone(), ip, query, headers)
-        .await
-        .unwrap_or_else(|e| {
-            edge.metrics.refuse(e.refusal());
-            e.into_response()
-        })
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    // Checked on the request as it is (no copy of its query or headers), which is then
+    // dropped: a held poll keeps none of it.
+    let prepared = poll::prepare(&edge, ip, request.uri().query(), request.headers());
+    drop(request);
+    let answer = match prepared {
+        Ok(prepared) => poll::handle(edge.clone(), prepared).await,
+        Err(e) => Err(e),
+    };
+    answer.unwrap_or_else(|e| {
+        edge.metrics.refuse(e.refusal());
+        e.into_response()
+    })
 }
 
 async fn not_found() -> Response {

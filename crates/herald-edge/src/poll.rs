@@ -143,7 +143,9 @@ impl Reply {
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let size: usize = self.messages.iter().map(|m| m.json().len() + 1).sum();
-        let mut b = BytesMut::with_capacity(size + 64);
+        let cursor = herald_core::position::encode(&self.positions);
+        let names: usize = self.gaps.iter().map(|c| c.as_str().len() + 3).sum();
+        let mut b = BytesMut::with_capacity(size + cursor.len() + names + 64);
         b.put_slice(b"{\"messages\":[");
         for (i, m) in self.messages.iter().enumerate() {
             if i > 0 {
@@ -151,14 +153,23 @@ impl IntoResponse for Reply {
             }
             b.put_slice(m.json());
         }
-        let gaps: Vec<&str> = self.gaps.iter().map(|c| c.as_str()).collect();
-        let cursor = herald_core::position::encode(&self.positions);
-        let tail = serde_json::json!({"cursor": cursor, "gap": !gaps.is_empty(), "gaps": gaps});
-        b.put_slice(b"],");
-        // `tail` is an object; splice its members after ours.
-        let tail = tail.to_string();
-        b.put_slice(&tail.as_bytes()[1..]);
-        let mut resp = b.freeze().into_response();
+        // Written directly (no `serde_json::Value` per reply), members in the order a JSON
+        // object of them prints.
+        b.put_slice(b"],\"cursor\":");
+        put_json_str(&mut b, &cursor);
+        b.put_slice(if self.gaps.is_empty() {
+            b",\"gap\":false,\"gaps\":["
+        } else {
+            b",\"gap\":true,\"gaps\":["
+        });
+        for (i, c) in self.gaps.iter().enumerate() {
+            if i > 0 {
+                b.put_u8(b',');
+            }
+            put_json_str(&mut b, c.as_str());
+        }
+        b.put_slice(b"]}");
+        let mut resp = Response::new(axum::body::Body::from(b.freeze()));
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -169,22 +180,45 @@ impl IntoResponse for Reply {
     }
 }
 
-/// Handles `GET /poll`.
-pub(crate) async fn handle(
-    edge: Arc<EdgeInner>,
+/// Appends `s` as a JSON string.
+fn put_json_str(b: &mut BytesMut, s: &str) {
+    // Cursors and channel names need no escaping; anything else goes through serde_json.
+    if s.bytes()
+        .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+    {
+        b.put_u8(b'"');
+        b.put_slice(s.as_bytes());
+        b.put_u8(b'"');
+    } else {
+        let _ = serde_json::to_writer(b.writer(), s);
+    }
+}
+
+/// A poll request checked and ready to be answered: what it needs while it is held, and
+/// nothing of the request's text.
+pub(crate) struct Prepared {
+    channels: Vec<ChannelName>,
+    since: Since,
+    /// Seconds to hold (0: answer at once).
+    wait: u64,
+    protocol: Protocol,
+    /// The client's key in the poll-client tracking.
+    key: u64,
+}
+
+/// Parses and authorizes `GET /poll`; the query and headers are not needed after this.
+pub(crate) fn prepare(
+    edge: &EdgeInner,
     ip: Option<IpAddr>,
-    raw_query: Option<String>,
-    headers: axum::http::HeaderMap,
-) -> Result<Response, EdgeError> {
-    let q = params::parse(
-        raw_query.as_deref(),
-        edge.config.max_channels_per_connection,
-    )?;
+    raw_query: Option<&str>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Prepared, EdgeError> {
+    let q = params::parse(raw_query, edge.config.max_channels_per_connection)?;
     if q.channels.is_empty() {
         return Err(EdgeError::NoChannels);
     }
-    let who = crate::auth::authenticate(&edge, &headers, &q)?;
-    crate::auth::authorize(&edge, who.as_ref(), &q.channels)?;
+    let who = crate::auth::authenticate(edge, headers, &q)?;
+    crate::auth::authorize(edge, who.as_ref(), &q.channels)?;
     // A draining node answers at once, so held polls move to other nodes; a held poll ends
     // by the time the client's token does.
     let mut wait = if edge.is_draining() {
@@ -205,6 +239,24 @@ pub(crate) async fn handle(
         Protocol::Poll
     };
     let key = PollClients::key(ip, &q.channels, protocol);
+    Ok(Prepared {
+        channels: q.channels,
+        since: q.since,
+        wait,
+        protocol,
+        key,
+    })
+}
+
+/// Answers a prepared `GET /poll`: at once, or held until a message or the wait runs out.
+pub(crate) async fn handle(edge: Arc<EdgeInner>, p: Prepared) -> Result<Response, EdgeError> {
+    let Prepared {
+        channels,
+        since,
+        wait,
+        protocol,
+        key,
+    } = p;
     edge.poll_clients.begin(key, protocol, &edge.metrics);
     let _in_flight = InFlight {
         clients: &edge.poll_clients,
@@ -212,9 +264,9 @@ pub(crate) async fn handle(
     };
 
     let reply = if wait == 0 {
-        interval(&edge, &q.channels, &q.since).await?
+        interval(&edge, &channels, &since).await?
     } else {
-        long(&edge, &q.channels, &q.since, Duration::from_secs(wait)).await?
+        long(&edge, &channels, &since, Duration::from_secs(wait)).await?
     };
     let now = unix_micros();
     for m in &reply.messages {

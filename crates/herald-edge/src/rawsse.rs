@@ -8,12 +8,12 @@
 //! then copies body chunks straight to the socket with chunked framing. Everything else goes
 //! to hyper untouched.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use axum::{Router, body::Body, extract::ConnectInfo};
 use bytes::{BufMut, BytesMut};
 use futures_util::FutureExt;
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::Response;
 use http_body_util::BodyExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -26,117 +26,11 @@ use tower::ServiceExt;
 use crate::{
     ConnKill,
     limits::{Admission, RATE_LIMITED, SocketSlot, write_refusal},
+    rawhttp::{self, Framing},
 };
 
-/// What a request line must start with to be served here.
-const PREFIXES: [&[u8]; 2] = [b"GET /sse?", b"GET /sse "];
-/// Most headers accepted in a request head.
-const MAX_HEADERS: usize = 64;
 /// Bytes of ready events gathered into one write.
 const WRITE_BATCH: usize = 64 << 10;
-
-/// What the first bytes of a connection say.
-pub(crate) enum Sniff {
-    /// `GET /sse`: served here.
-    Sse,
-    /// Anything else: hyper serves it.
-    Other,
-    /// Closed, or nothing useful before the header deadline.
-    Gone,
-}
-
-/// Tells whether the connection's first request is `GET /sse`, waiting (until `deadline`) for
-/// enough bytes to tell.
-pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniff {
-    tokio::time::timeout_at(deadline, sniff_inner(stream))
-        .await
-        .unwrap_or(Sniff::Gone)
-}
-
-async fn sniff_inner(stream: &TcpStream) -> Sniff {
-    let need = PREFIXES[0].len();
-    let mut buf = [0u8; 9];
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let n = match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return Sniff::Gone,
-            Ok(n) => n,
-        };
-        let seen = &buf[..n];
-        if !PREFIXES.iter().any(|p| p.starts_with(seen)) {
-            return Sniff::Other;
-        }
-        if n >= need {
-            return Sniff::Sse;
-        }
-        // A partial request line: wait for more (peek returns at once while bytes are
-        // pending, so back off; a slow client pays with its own header time).
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
-}
-
-/// How the head could not be read.
-enum HeadError {
-    /// The client went away or stalled past the deadline.
-    Gone,
-    /// Over the size limit.
-    TooLarge,
-    /// Not a valid HTTP/1 request head.
-    Malformed,
-}
-
-/// Reads and parses the request head; the buffer is dropped before returning.
-async fn read_head(
-    stream: &mut TcpStream,
-    max: usize,
-    deadline: Instant,
-) -> Result<(Request<Body>, bool), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        if buf.len() >= max {
-            return Err(HeadError::TooLarge);
-        }
-        let mut chunk = [0u8; 1024];
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(HeadError::Gone),
-            Ok(Ok(n)) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(&buf[..end]) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        _ => return Err(HeadError::Malformed),
-    }
-    let http10 = parsed.version == Some(0);
-    let mut builder = Request::builder()
-        .method(parsed.method.unwrap_or("GET"))
-        .uri(parsed.path.unwrap_or("/"))
-        .version(if http10 {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        });
-    for h in parsed.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        // A GET with a body is not something an SSE client sends; refuse rather than guess.
-        let body = (name == "content-length" && h.value != b"0") || name == "transfer-encoding";
-        if body {
-            return Err(HeadError::Malformed);
-        }
-        builder = builder.header(h.name, h.value);
-    }
-    let request = builder
-        .body(Body::empty())
-        .map_err(|_| HeadError::Malformed)?;
-    Ok((request, http10))
-}
 
 /// An accepted connection recognised as `GET /sse`.
 pub(crate) struct Conn {
@@ -161,34 +55,16 @@ pub(crate) async fn serve(
         peer,
     } = conn;
     let metrics = &*admission.metrics;
-    let (mut request, http10) = match read_head(&mut stream, max_head, deadline).await {
-        Ok(r) => r,
-        Err(HeadError::Gone) => {
-            if Instant::now() >= deadline {
-                metrics.refuse("header_timeout");
-            }
-            return;
-        }
-        Err(HeadError::TooLarge) => {
-            metrics.refuse("request_head_too_large");
-            let _ = write_refusal(
-                &mut stream,
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request_head_too_large",
-                "request head too large",
-            )
-            .await;
-            return;
-        }
-        Err(HeadError::Malformed) => {
-            metrics.refuse("invalid_request");
-            let _ = write_refusal(
-                &mut stream,
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "malformed HTTP request",
-            )
-            .await;
+    let head =
+        match rawhttp::read_head(&mut stream, Vec::with_capacity(1024), max_head, deadline).await {
+            // The buffer is dropped here: an idle stream keeps none.
+            Ok((buf, end)) => rawhttp::parse_head(&buf[..end]),
+            Err((error, _)) => Err(error),
+        };
+    let (mut request, http10) = match head {
+        Ok(head) => (head.request, head.http10),
+        Err(error) => {
+            rawhttp::refuse_head(&mut stream, error, deadline, metrics).await;
             return;
         }
     };
@@ -220,41 +96,20 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, http10
     let exact = http_body::Body::size_hint(&body).exact();
     let chunked = exact.is_none() && !http10;
     let mut head = BytesMut::with_capacity(512);
-    head.put_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-    head.put_slice(parts.status.as_str().as_bytes());
-    head.put_u8(b' ');
-    head.put_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
+    let framing = match exact {
+        Some(len) => Framing::Length(len),
+        None if chunked => Framing::Chunked,
+        None => Framing::Close,
+    };
+    rawhttp::put_head(
+        &mut head,
+        parts.status,
+        &parts.headers,
+        http10,
+        true,
+        framing,
     );
-    head.put_slice(b"\r\n");
-    let mut headers = parts.headers;
-    headers.remove(header::CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    match exact {
-        Some(len) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-        None if chunked => {
-            headers.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-        }
-        None => {}
-    }
-    for (name, value) in &headers {
-        head.put_slice(name.as_str().as_bytes());
-        head.put_slice(b": ");
-        head.put_slice(value.as_bytes());
-        head.put_slice(b"\r\n");
-    }
-    head.put_slice(b"\r\n");
-    drop(headers);
+    drop(parts);
     if stream.write_all(&head).await.is_err() {
         return;
     }

@@ -2,7 +2,7 @@
 //! clients, a cap on open client sockets, client addresses (behind trusted proxies too) for
 //! the handlers, and graceful shutdown of open requests.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, server::conn::http1};
@@ -17,7 +17,8 @@ use crate::{
         Admission, ConnRate, Counted, RATE_LIMITED, SocketGate, TOO_MANY_CONNECTIONS, Throttled,
         refusal_response, write_refusal,
     },
-    rawsse,
+    rawhttp::{self, Kind, Rewind, Sniff},
+    rawpoll, rawsse,
 };
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
@@ -26,6 +27,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    poll: crate::PollEndpoint,
     stop: CancellationToken,
     edge: &EdgeInner,
 ) {
@@ -44,6 +46,15 @@ pub(crate) async fn serve(
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_request_head.max(8192))
         .keep_alive(true);
+    let ctx = Arc::new(ConnCtx {
+        router,
+        poll,
+        stop: stop.clone(),
+        admission: admission.clone(),
+        builder,
+        max_head: config.max_request_head,
+        head_timeout: config.header_read_timeout,
+    });
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -99,76 +110,116 @@ pub(crate) async fn serve(
             }
             continue;
         };
-        let router = router.clone();
-        let stop = stop.clone();
-        let metrics = edge.metrics.clone();
-        let admission = admission.clone();
-        let builder = builder.clone();
-        let (max_head, head_timeout) = (config.max_request_head, config.header_read_timeout);
+        let ctx = ctx.clone();
         tasks.spawn(async move {
             let kill = CancellationToken::new();
-            let deadline = tokio::time::Instant::now() + head_timeout;
-            match rawsse::sniff(&stream, deadline).await {
-                rawsse::Sniff::Sse => {
+            let deadline = tokio::time::Instant::now() + ctx.head_timeout;
+            // Each path is boxed: a connection's task holds only the state of its own path
+            // (an idle SSE stream or held poll does not pay for hyper's connection future).
+            match rawhttp::sniff(&stream, deadline).await {
+                Sniff::Raw(Kind::Sse) => {
                     let conn = rawsse::Conn { stream, slot, peer };
-                    rawsse::serve(conn, router, kill, max_head, deadline, &admission).await;
-                    return;
+                    let admission = &ctx.admission;
+                    let router = ctx.router.clone();
+                    Box::pin(rawsse::serve(
+                        conn,
+                        router,
+                        kill,
+                        ctx.max_head,
+                        deadline,
+                        admission,
+                    ))
+                    .await;
                 }
-                rawsse::Sniff::Gone => {
+                Sniff::Raw(_) => {
+                    let conn = rawsse::Conn { stream, slot, peer };
+                    Box::pin(rawpoll::serve(conn, &ctx, kill, deadline)).await;
+                }
+                Sniff::Gone => {
                     if tokio::time::Instant::now() >= deadline {
-                        metrics.refuse("header_timeout");
+                        ctx.admission.metrics.refuse("header_timeout");
                     }
-                    return;
                 }
-                rawsse::Sniff::Other => {}
-            }
-            let conn_kill = crate::ConnKill(kill.clone());
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                let router = router.clone();
-                let client = admission.request_client(peer, req.headers());
-                req.extensions_mut().insert(conn_kill.clone());
-                async move {
-                    let response = match client {
-                        Ok(client) => {
-                            req.extensions_mut().insert(ConnectInfo(client));
-                            router.oneshot(req).await.unwrap_or_else(|e| match e {})
-                        }
-                        // From a trusted proxy: refuse this client's request and keep the
-                        // connection, which carries other clients too.
-                        Err(_) => {
-                            let (status, code, message) = RATE_LIMITED;
-                            refusal_response(status, code, message)
-                        }
-                    };
-                    Ok::<_, Infallible>(response)
+                Sniff::Other => {
+                    let io = Rewind::new(Vec::new(), Counted::new(stream, slot));
+                    Box::pin(serve_hyper(io, peer, &ctx, kill)).await;
                 }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(Counted::new(stream, slot)), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                // Stuck writing to a client that stopped reading: drop the connection.
-                () = kill.cancelled() => Ok(()),
-                () = stop.cancelled() => {
-                    // Finish the request in flight (SSE streams and held polls end when
-                    // drained), then close instead of keeping the connection alive.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(error) = result {
-                if error.is_timeout() {
-                    metrics.refuse("header_timeout");
-                } else if error.is_parse_too_large() {
-                    metrics.refuse("request_head_too_large");
-                }
-                tracing::debug!(%error, "http connection ended with an error");
             }
         });
     }
     drop(listener);
     tasks.close();
     tasks.wait().await;
+}
+
+/// What every connection task of the client port shares.
+pub(crate) struct ConnCtx {
+    pub(crate) router: Router,
+    /// `GET /poll` as the router answers it, for the raw poll path.
+    pub(crate) poll: crate::PollEndpoint,
+    /// Cancelled when the node stops accepting: connections finish their request and close.
+    pub(crate) stop: CancellationToken,
+    pub(crate) admission: Arc<Admission>,
+    builder: http1::Builder,
+    /// Largest request head.
+    pub(crate) max_head: usize,
+    /// Time to send a request head; also how long a keep-alive connection may sit idle.
+    pub(crate) head_timeout: Duration,
+}
+
+/// Serves a connection with hyper (HTTP/1.1 keep-alive, WebSocket upgrades), from its first
+/// byte or, through [`Rewind`], from a request whose head was already read elsewhere.
+pub(crate) async fn serve_hyper(
+    io: Rewind<Counted>,
+    peer: SocketAddr,
+    ctx: &Arc<ConnCtx>,
+    kill: CancellationToken,
+) {
+    let conn_kill = crate::ConnKill(kill.clone());
+    let shared = ctx.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let router = shared.router.clone();
+        let client = shared.admission.request_client(peer, req.headers());
+        req.extensions_mut().insert(conn_kill.clone());
+        async move {
+            let response = match client {
+                Ok(client) => {
+                    req.extensions_mut().insert(ConnectInfo(client));
+                    router.oneshot(req).await.unwrap_or_else(|e| match e {})
+                }
+                // From a trusted proxy: refuse this client's request and keep the
+                // connection, which carries other clients too.
+                Err(_) => {
+                    let (status, code, message) = RATE_LIMITED;
+                    refusal_response(status, code, message)
+                }
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let conn = ctx
+        .builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        // Stuck writing to a client that stopped reading: drop the connection.
+        () = kill.cancelled() => Ok(()),
+        () = ctx.stop.cancelled() => {
+            // Finish the request in flight (SSE streams and held polls end when
+            // drained), then close instead of keeping the connection alive.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        let metrics = &ctx.admission.metrics;
+        if error.is_timeout() {
+            metrics.refuse("header_timeout");
+        } else if error.is_parse_too_large() {
+            metrics.refuse("request_head_too_large");
+        }
+        tracing::debug!(%error, "http connection ended with an error");
+    }
 }

@@ -244,6 +244,11 @@ pub(crate) struct Settings {
     #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub(crate) header_read_timeout: Option<Duration>,
+    /// How long a poll client (address and channel set) counts in `herald_connections`
+    /// after its last request [default: 30s].
+    #[arg(long, env = "HERALD_POLL_CLIENT_WINDOW", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) poll_client_window: Option<Duration>,
     /// Serve the gRPC API without API keys on a non-loopback address (anyone who reaches the
     /// port can publish and drain) [default: false: without keys the API listens on loopback
     /// only].
@@ -293,7 +298,7 @@ impl Settings {
             ws_ping_interval, drain_timeout, drain_rate, log, log_format, api_keys,
             api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval, auth_hmac_secret,
             auth_jwks_file, auth_issuer, auth_audience, auth_leeway, anonymous, namespaces,
-            ws_origins, connection_rate_per_ip, header_read_timeout, api_insecure,
+            ws_origins, connection_rate_per_ip, header_read_timeout, poll_client_window, api_insecure,
             trusted_proxies, forwarded_header, fd_reserve);
         Ok(self)
     }
@@ -502,6 +507,12 @@ impl Config {
                 bail!("HERALD_HEADER_READ_TIMEOUT must be 100ms to 5m, got {t:?}");
             }
             edge.header_read_timeout = t;
+        }
+        if let Some(w) = s.poll_client_window {
+            if w < Duration::from_secs(1) || w > Duration::from_secs(3600) {
+                bail!("HERALD_POLL_CLIENT_WINDOW must be 1s to 1h, got {w:?}");
+            }
+            edge.poll_client_window = w;
         }
         edge.policy = Arc::new(policy(&s, &history)?);
         if let Some(list) = &s.disabled_transports {
