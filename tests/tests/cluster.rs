@@ -73,11 +73,23 @@ fn kill9(node: &Node) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_on_one_node_reaches_every_protocol_on_the_others() {
+    publish_reaches_every_protocol(["per-channel"; 3]).await;
+}
+
+/// The same with live interest as one wildcard subscription on some nodes
+/// (`HERALD_NATS_LIVE_INTEREST=wildcard`), next to a node subscribing per channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_wildcard_live_interest_deliver_the_same() {
+    publish_reaches_every_protocol(["wildcard", "wildcard", "per-channel"]).await;
+}
+
+async fn publish_reaches_every_protocol(interest: [&str; 3]) {
     let nats = NatsServer::start();
     let url = nats.url();
-    let n1 = nats_node(&url, "n1", &[]).await;
-    let n2 = nats_node(&url, "n2", &[]).await;
-    let n3 = nats_node(&url, "n3", &[]).await;
+    let mode = |i: usize| [("HERALD_NATS_LIVE_INTEREST", interest[i])];
+    let n1 = nats_node(&url, "n1", &mode(0)).await;
+    let n2 = nats_node(&url, "n2", &mode(1)).await;
+    let n3 = nats_node(&url, "n3", &mode(2)).await;
     let ch = channel("fanout");
     let chs = [ch.as_str()];
 
