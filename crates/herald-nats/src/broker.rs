@@ -125,6 +125,10 @@ pub(crate) struct Shared {
     /// written together every [`TIP_FLUSH`] instead of one stored write per publish. At most
     /// [`MAX_PENDING_TIPS`]; past it a tip is written at once.
     pending_tips: parking_lot::Mutex<HashMap<ChannelName, u64>>,
+    /// `head()` calls waiting for the next stream-info request: one request answers every
+    /// call that was waiting when it was sent (a burst of channel joins costs one request per
+    /// round trip, not one each). Bounded by the callers in flight.
+    heads: parking_lot::Mutex<HeadReads>,
     /// Live subscriptions behind the node's wildcard ([`crate::LiveInterest::Wildcard`]).
     pub(crate) demux: crate::demux::Demux,
 }
@@ -204,6 +208,7 @@ impl NatsBroker {
             history: HistoryCounters::default(),
             contended: AtomicU64::new(0),
             pending_tips: parking_lot::Mutex::new(HashMap::new()),
+            heads: parking_lot::Mutex::new(HeadReads::default()),
             demux: crate::demux::Demux::default(),
         });
         tokio::spawn(supervise(Arc::downgrade(&shared), events_rx));
@@ -516,6 +521,38 @@ async fn read_tip_record(
 ) -> Result<Option<u64>, BrokerError> {
     let m = last_for_subject(shared, &link.tips, &shared.subjects.tip(channel)).await?;
     Ok(m.and_then(|m| std::str::from_utf8(&m.payload).ok()?.parse().ok()))
+}
+
+/// `head()` calls waiting for a stream-info request, and whether one is being read.
+#[derive(Default)]
+struct HeadReads {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<u64, BrokerError>>>,
+    reading: bool,
+}
+
+/// Answers waiting `head()` calls, one stream-info request per round: each request is sent
+/// after every call it answers was made (a joiner reads the head after it subscribed, so a
+/// head read before that could claim messages its feed never saw). Ends when nobody waits.
+async fn read_heads(shared: Arc<Shared>) {
+    loop {
+        let waiting = {
+            let mut heads = shared.heads.lock();
+            if heads.waiting.is_empty() {
+                heads.reading = false;
+                return;
+            }
+            std::mem::take(&mut heads.waiting)
+        };
+        let head = match shared.connected_link() {
+            Ok(link) => stream_state(&shared, &link)
+                .await
+                .map(|state| state.last_sequence),
+            Err(e) => Err(e),
+        };
+        for waiter in waiting {
+            let _ = waiter.send(head.clone());
+        }
+    }
 }
 
 async fn stream_state(shared: &Shared, link: &Link) -> Result<stream::State, BrokerError> {
@@ -863,10 +900,20 @@ impl Broker for NatsBroker {
     }
 
     async fn head(&self) -> Result<Cursor, BrokerError> {
-        let link = self.shared.connected_link()?;
-        Ok(Cursor(
-            stream_state(&self.shared, &link).await?.last_sequence,
-        ))
+        // Fail fast while disconnected, as every call does.
+        self.shared.connected_link()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut heads = self.shared.heads.lock();
+            heads.waiting.push(tx);
+            !std::mem::replace(&mut heads.reading, true)
+        };
+        if start {
+            tokio::spawn(read_heads(self.shared.clone()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(BrokerError::Unavailable("head read ended".into())))
+            .map(Cursor)
     }
 
     fn state(&self) -> watch::Receiver<BrokerState> {
