@@ -7,6 +7,7 @@
 
 mod assets;
 mod auth;
+mod conn;
 mod deliver;
 mod error;
 mod hub;

@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ConnKill,
+    conn::{ConnCtx, serve_hyper},
     limits::{Counted, RATE_LIMITED, refusal_response},
     rawhttp::{self, Framing, HeadError, Kind, Rewind},
     rawsse::Conn,
-    server::{ConnCtx, serve_hyper},
 };
 
 /// Largest body copied next to its head for a single write; larger ones go in a second write.
