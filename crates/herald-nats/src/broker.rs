@@ -12,7 +12,6 @@ use std::{
 
 use async_nats::{
     ConnectOptions, Event, HeaderMap, ServerAddr,
-    connection::State,
     jetstream::{
         self,
         context::PublishErrorKind,
@@ -20,10 +19,9 @@ use async_nats::{
         stream::{self, DirectGetErrorKind, Republish},
     },
 };
-use bytes::Bytes;
 use herald_core::{
-    Broker, BrokerError, BrokerState, ChannelName, Cursor, HistoryPage, HistoryQuery, Message,
-    Payload, PublishRequest, Published, Subscription, unix_micros,
+    Broker, BrokerError, BrokerState, ChannelName, Cursor, HistoryPage, HistoryQuery,
+    PublishRequest, Published, Subscription, unix_micros,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -33,23 +31,12 @@ use crate::{
     history::{
         Batched, DIRECT_PREFIX, HistoryCounters, HistoryStats, Page, Scope, Way, read_batched,
     },
+    shared::{ChainTip, HeadReads, Link, Shared},
     subject::Subjects,
+    wire::{
+        HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_MSG_ID, HDR_PREV, HDR_TRACEPARENT, HDR_TS, header_u64,
+    },
 };
-
-/// Header carrying the previous sequence of the same channel (0 for its first message): the
-/// chain link that makes gaps detectable in stored history (JetStream stores no such link).
-pub(crate) const HDR_PREV: &str = "Herald-Prev";
-/// W3C trace context of a traced publish; republished with the message to every node, which
-/// continues the trace. Absent when the publisher does not trace.
-pub(crate) const HDR_TRACEPARENT: &str = "traceparent";
-/// Header carrying the publish time in µs since the Unix epoch (the message's `ts`).
-pub(crate) const HDR_TS: &str = "Herald-Ts";
-/// Republish header: the stream sequence (the cursor).
-pub(crate) const HDR_SEQ: &str = "Nats-Sequence";
-/// Republish header: the previous sequence on the same subject, as JetStream saw it.
-pub(crate) const HDR_LAST_SEQ: &str = "Nats-Last-Sequence";
-const HDR_MSG_ID: &str = "Nats-Msg-Id";
-const HDR_EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
 
 /// How long a channel's newest sequence may wait before it is written to the tip stream. The
 /// tip only matters once every message of the channel has expired (minutes later), so one
@@ -69,80 +56,7 @@ const SUPERVISE_TICK: Duration = Duration::from_millis(200);
 /// First and longest pause between reconnection attempts.
 const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
-/// One NATS connection and the handles built on it. Replaced whole on every reconnect, never
-/// reused after it broke (see the crate docs on ghost publishes).
-pub(crate) struct Link {
-    /// The core client (live subscriptions, tip writes).
-    pub(crate) client: async_nats::Client,
-    /// The JetStream context (publishes).
-    js: jetstream::Context,
-    /// The history stream (direct gets, stream info).
-    stream: stream::Stream,
-    /// The side stream of channel tips.
-    tips: stream::Stream,
-    /// Increases with every connection, so subscriptions notice a new one.
-    pub(crate) generation: u64,
-}
-
-impl Link {
-    pub(crate) fn is_connected(&self) -> bool {
-        self.client.connection_state() == State::Connected
-    }
-}
-
-/// What this node believes about a channel's newest stored message.
-#[derive(Debug, Clone, Copy)]
-struct ChainTip {
-    /// What JetStream holds as the subject's last sequence (0: nothing retained), sent as
-    /// `Nats-Expected-Last-Subject-Sequence` so a stale belief is refused, not stored.
-    expected: u64,
-    /// The channel's true previous sequence, sent as `Herald-Prev`.
-    prev: u64,
-}
-
-/// State shared by the broker handle, its supervisor and its subscriptions.
-pub(crate) struct Shared {
-    /// Settings, validated.
-    pub(crate) config: NatsBrokerConfig,
-    /// Subject names for this deployment.
-    pub(crate) subjects: Subjects,
-    /// The current connection; `None` while disconnected.
-    pub(crate) link: watch::Sender<Option<Arc<Link>>>,
-    /// Connected / disconnected, for readiness and metrics.
-    state: watch::Sender<BrokerState>,
-    /// Successful reconnections since start-up.
-    reconnects: AtomicU64,
-    /// Slow-consumer events reported by async-nats (a live message was dropped locally).
-    pub(crate) slow_consumers: AtomicU64,
-    /// Per channel subject: this node's belief about the chain tip, behind an async mutex
-    /// that serializes this node's publishes to the channel.
-    tips: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ChainTip>>>>>,
-    /// Counts of batched history reads.
-    history: HistoryCounters,
-    /// Publish races lost to another node (each was retried on the winner's link).
-    pub(crate) contended: AtomicU64,
-    /// Channel tips not yet written to the tip stream: the newest sequence per channel,
-    /// written together every [`TIP_FLUSH`] instead of one stored write per publish. At most
-    /// [`MAX_PENDING_TIPS`]; past it a tip is written at once.
-    pending_tips: parking_lot::Mutex<HashMap<ChannelName, u64>>,
-    /// `head()` calls waiting for the next stream-info request: one request answers every
-    /// call that was waiting when it was sent (a burst of channel joins costs one request per
-    /// round trip, not one each). Bounded by the callers in flight.
-    heads: parking_lot::Mutex<HeadReads>,
-    /// Live subscriptions behind the node's wildcard ([`crate::LiveInterest::Wildcard`]).
-    pub(crate) demux: crate::demux::Demux,
-}
-
 impl Shared {
-    /// The current link, if it is connected right now.
-    pub(crate) fn connected_link(&self) -> Result<Arc<Link>, BrokerError> {
-        let link = self.link.borrow().clone();
-        match link {
-            Some(link) if link.is_connected() => Ok(link),
-            _ => Err(BrokerError::Unavailable("not connected to NATS".into())),
-        }
-    }
-
     fn tip_slot(&self, subject: &str) -> Arc<tokio::sync::Mutex<Option<ChainTip>>> {
         let mut tips = self.tips.lock();
         if tips.len() >= MAX_CACHED_TIPS && !tips.contains_key(subject) {
@@ -209,7 +123,7 @@ impl NatsBroker {
             contended: AtomicU64::new(0),
             pending_tips: parking_lot::Mutex::new(HashMap::new()),
             heads: parking_lot::Mutex::new(HeadReads::default()),
-            demux: crate::demux::Demux::default(),
+            demux: crate::shared::Demux::default(),
         });
         tokio::spawn(supervise(Arc::downgrade(&shared), events_rx));
         tokio::spawn(flush_tips(Arc::downgrade(&shared)));
@@ -523,13 +437,6 @@ async fn read_tip_record(
     Ok(m.and_then(|m| std::str::from_utf8(&m.payload).ok()?.parse().ok()))
 }
 
-/// `head()` calls waiting for a stream-info request, and whether one is being read.
-#[derive(Default)]
-struct HeadReads {
-    waiting: Vec<tokio::sync::oneshot::Sender<Result<u64, BrokerError>>>,
-    reading: bool,
-}
-
 /// Answers waiting `head()` calls, one stream-info request per round: each request is sent
 /// after every call it answers was made (a joiner reads the head after it subscribed, so a
 /// head read before that could claim messages its feed never saw). Ends when nobody waits.
@@ -601,36 +508,6 @@ fn found_or_not(
             "history read failed: {e}"
         ))),
         Err(_) => Err(BrokerError::Unavailable("history read timed out".into())),
-    }
-}
-
-/// A header parsed as a decimal number.
-pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.as_str().trim().parse().ok()
-}
-
-/// Builds a client-facing message from stored bytes; `None` (logged) for a payload that is not
-/// JSON, which only a foreign publisher on our subjects could have put there.
-pub(crate) fn to_message(
-    channel: &ChannelName,
-    seq: u64,
-    headers: &HeaderMap,
-    payload: Bytes,
-    fallback_us: impl FnOnce() -> u64,
-) -> Option<Message> {
-    let ts = header_u64(headers, HDR_TS).unwrap_or_else(fallback_us);
-    match Payload::from_json(payload, usize::MAX) {
-        Ok(data) => Some(
-            Message::new(channel.clone(), Cursor(seq), ts, data).with_traceparent(
-                headers
-                    .get(HDR_TRACEPARENT)
-                    .map(|v| std::sync::Arc::from(v.as_str())),
-            ),
-        ),
-        Err(error) => {
-            warn!(%channel, seq, %error, "skipping a stored message that is not JSON");
-            None
-        }
     }
 }
 
@@ -887,7 +764,10 @@ impl Broker for NatsBroker {
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription, BrokerError> {
-        crate::live::subscribe(&self.shared, channel).await
+        match self.shared.config.live_interest {
+            crate::LiveInterest::Wildcard => crate::demux::subscribe(&self.shared, channel).await,
+            crate::LiveInterest::PerChannel => crate::live::subscribe(&self.shared, channel).await,
+        }
     }
 
     async fn history(

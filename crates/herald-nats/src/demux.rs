@@ -2,7 +2,7 @@
 //! the node subscribes once to `<prefix>.live.>` and hands each republished message to the
 //! subscriptions of its channel (a table lookup; messages of channels without one here are
 //! dropped), each checked against its channel's chain exactly as a per-channel subscription is
-//! ([`crate::live::Chain`]). Subscribing a channel is then a table insert, with no NATS round
+//! ([`crate::chain::Chain`]). Subscribing a channel is then a table insert, with no NATS round
 //! trip and no per-channel state on the servers; in exchange the node receives every message of
 //! the stream, whatever its local interest (see docs/scaling.md for when that pays).
 //!
@@ -21,46 +21,25 @@
 //! subscribing.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Weak, atomic::Ordering},
     time::Duration,
 };
 
 use futures_util::{Stream, StreamExt};
 use herald_core::{BrokerError, ChannelName, LiveEvent, Subscription};
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use crate::{
-    broker::{Link, Shared},
-    live::{Chain, register},
+    chain::Chain,
+    live::register,
+    shared::{Demux, Link, Shared},
 };
 
 /// How often the demultiplexer retries registering the wildcard on a connection where that
 /// failed.
 const REGISTER_RETRY: Duration = Duration::from_millis(250);
-
-/// The node's table of channel subscriptions behind the wildcard.
-#[derive(Default)]
-pub(crate) struct Demux {
-    table: Mutex<Table>,
-    /// Bumped whenever `Table::registered` changes, for subscribers waiting on it.
-    changed: watch::Sender<u64>,
-}
-
-#[derive(Default)]
-struct Table {
-    /// Whether the demultiplexer task runs.
-    started: bool,
-    /// Generation of the connection the wildcard is registered on; 0: none.
-    registered: u64,
-    next_id: u64,
-    /// Live subject to the subscriptions of that channel (usually one: the edge subscribes
-    /// once per channel).
-    taps: HashMap<String, Vec<(u64, Chain)>>,
-}
 
 /// Adds a subscription of `channel` to the node's table, starting the demultiplexer on first
 /// use, and returns once the wildcard is registered on the current connection.
@@ -84,11 +63,14 @@ pub(crate) async fn subscribe(
                 let (tx, rx) = mpsc::channel(shared.config.live_buffer.max(1));
                 let id = table.next_id;
                 table.next_id += 1;
-                table
-                    .taps
-                    .entry(subject.clone())
-                    .or_default()
-                    .push((id, Chain::new(channel.clone(), tx, shared)));
+                table.taps.entry(subject.clone()).or_default().push((
+                    id,
+                    Chain::new(
+                        channel.clone(),
+                        tx,
+                        shared.slow_consumers.load(Ordering::Relaxed),
+                    ),
+                ));
                 let tap = Tap {
                     rx: ReceiverStream::new(rx),
                     shared: Arc::downgrade(shared),

@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use herald_core::{ChannelName, Message};
 use tracing::debug;
 
-use crate::broker::{HDR_PREV, header_u64, to_message};
+use crate::wire::{HDR_PREV, header_u64, to_message};
 
 /// Messages read by direct get before a page switches to a consumer. Setting up a consumer
 /// (create, then the first fetch round trip; its deletion is not waited for) costs about as much

@@ -121,15 +121,18 @@
 //! the cluster's meta leader, which makes it slower than on a single server.
 
 mod broker;
+mod chain;
 mod cluster;
 mod config;
 mod demux;
 mod error;
 mod history;
 mod live;
+mod shared;
 pub mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod wire;
 
 pub use broker::NatsBroker;
 pub use cluster::{NatsCluster, NatsClusterConfig, node_token};
