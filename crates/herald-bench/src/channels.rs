@@ -492,19 +492,7 @@ pub(crate) async fn run(b: Channels) -> anyhow::Result<()> {
         .filter(|(_, a)| **a)
         .map(|(i, _)| subs_of(i % n, b.subscribers) as u64)
         .sum();
-    let settle = Instant::now();
-    let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
-    while delivered.load(Ordering::Relaxed) < expected && settle.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = delivered.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(2) {
-            break;
-        }
-    }
-    let drain_secs = settle.elapsed().as_secs_f64();
+    let drain_secs = crate::settle(&delivered, expected).await;
     let cpu = cpu_all(&b.pids) - cpu0;
     let cpu_by_pid: Vec<f64> = b
         .pids

@@ -532,23 +532,9 @@ async fn fanout(
         }
     }
     let publish_secs = start.elapsed().as_secs_f64();
-    // Let in-flight deliveries land, bounded.
-    // Let in-flight deliveries land: until every acknowledged message arrived everywhere, or
-    // nothing arrived for 2 s (bounded to 30 s); what is still missing then counts as lost.
+    // Let in-flight deliveries land (bounded); what is still missing then counts as lost.
     let expected = published.load(Ordering::Relaxed) * subscribers as u64;
-    let settle = Instant::now();
-    let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
-    while delivered.load(Ordering::Relaxed) < expected && settle.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = delivered.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(2) {
-            break;
-        }
-    }
-    let drain_secs = settle.elapsed().as_secs_f64();
+    let drain_secs = settle(&delivered, expected).await;
     let cpu1: f64 = pids.iter().copied().map(cpu_seconds).sum();
 
     done.notify_waiters();
@@ -785,4 +771,23 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// Lets in-flight deliveries land: waits until `delivered` reaches `expected`, or nothing
+/// arrived for 2 s (bounded to 30 s; what is still missing then counts as lost). Returns the
+/// seconds it waited.
+async fn settle(delivered: &AtomicU64, expected: u64) -> f64 {
+    let settle = Instant::now();
+    let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
+    while delivered.load(Ordering::Relaxed) < expected && settle.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    settle.elapsed().as_secs_f64()
 }
