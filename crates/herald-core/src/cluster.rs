@@ -9,7 +9,9 @@ use std::{sync::Arc, time::Duration};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::{ChannelName, Protocol};
+use crate::{
+    ActionAnswer, ChannelName, PresenceAnswer, PresenceEntry, PresenceEvent, Protocol, UserAction,
+};
 
 /// Connections of one node (or a sum) per protocol.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +226,12 @@ pub enum ClusterError {
     /// The nodes could not be reached (the backbone is down, the node did not answer).
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// The request cannot be applied as asked (a bad revocation, the set full).
+    #[error("{0}")]
+    Refused(String),
+    /// A bound was reached (the revocation set is full).
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// This node, as the cluster layer sees it: implemented by the binary over its edge.
@@ -235,6 +243,16 @@ pub trait LocalNode: Send + Sync + 'static {
     /// Starts draining (in the background) at `rate` connections per second (`None`: the
     /// configured rate); returns how many held connections it is draining.
     fn drain(&self, rate: Option<usize>) -> u64;
+    /// The WebSocket and SSE connections of this node subscribed to `channel`.
+    fn presence(&self, channel: &ChannelName) -> Vec<PresenceEntry>;
+    /// Applies an operator's action to this node's connections; returns how many it reached.
+    /// A revocation this node cannot hold (its set is full) is an error.
+    fn act(&self, action: &UserAction) -> Result<u64, ClusterError>;
+    /// Hands another node's join/leave to this node's subscribers of the channel.
+    fn deliver_event(&self, event: &PresenceEvent);
+    /// The join/leave events of this node's clients, to relay to the other nodes. The first
+    /// caller gets the receiver (later callers `None`); until then none are queued.
+    fn take_events(&self) -> Option<tokio::sync::mpsc::Receiver<PresenceEvent>>;
 }
 
 /// Every node of a deployment, seen from this one.
@@ -251,6 +269,11 @@ pub trait Cluster: Send + Sync + 'static {
     async fn channels(&self, query: &ChannelsQuery) -> Result<ChannelsAnswer, ClusterError>;
     /// Asks node `node_id` to drain; returns how many connections it is draining.
     async fn drain(&self, node_id: &str, rate: Option<usize>) -> Result<u64, ClusterError>;
+    /// Every WebSocket and SSE client of `channel` on every node that answers.
+    async fn presence(&self, channel: &ChannelName) -> Result<PresenceAnswer, ClusterError>;
+    /// Applies `action` on every node that answers and sums what it reached. A revocation is
+    /// also stored so that nodes that start or reconnect later know it.
+    async fn act(&self, action: &UserAction) -> Result<ActionAnswer, ClusterError>;
 }
 
 /// The single-node cluster (memory broker): every answer comes from this node.
@@ -293,6 +316,20 @@ impl Cluster for LocalCluster {
             return Err(ClusterError::UnknownNode(node_id.to_owned()));
         }
         Ok(self.node.drain(rate))
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<PresenceAnswer, ClusterError> {
+        Ok(PresenceAnswer::merge([PresenceAnswer {
+            clients: self.node.presence(channel),
+            missing_nodes: Vec::new(),
+        }]))
+    }
+
+    async fn act(&self, action: &UserAction) -> Result<ActionAnswer, ClusterError> {
+        Ok(ActionAnswer {
+            connections: self.node.act(action)?,
+            missing_nodes: Vec::new(),
+        })
     }
 }
 

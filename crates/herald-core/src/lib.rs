@@ -14,6 +14,7 @@ mod json;
 mod memory;
 mod message;
 pub mod position;
+mod presence;
 pub mod trace;
 
 pub use broker::{
@@ -31,6 +32,10 @@ pub use json::{InvalidPayload, Payload};
 pub use memory::{MemoryBroker, MemoryBrokerConfig};
 pub use message::{Message, unix_micros};
 pub use position::Since;
+pub use presence::{
+    ActionAnswer, MAX_REVOCATION_KEY, PresenceAnswer, PresenceEntry, PresenceEvent, PresenceKind,
+    Revocation, RevocationError, Revocations, Revoked, TokenRef, UserAction,
+};
 
 /// Limits on what a channel keeps, shared by every broker implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
