@@ -17,6 +17,6 @@ mod token;
 pub use pattern::{ChannelPattern, InvalidPattern};
 pub use policy::{Denied, NamespaceRule, Policy, PolicyError};
 pub use token::{
-    AuthConfig, AuthError, ConfigError, DEFAULT_LEEWAY, MAX_TOKEN_LEN, MintClaims, Principal,
-    Verifier, mint_hs256, now_secs,
+    AuthConfig, AuthError, ConfigError, DEFAULT_LEEWAY, MAX_INFO_BYTES, MAX_JTI_BYTES,
+    MAX_TOKEN_LEN, MintClaims, Principal, Verifier, mint_hs256, now_secs,
 };

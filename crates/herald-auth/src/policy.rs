@@ -15,6 +15,10 @@ pub struct NamespaceRule {
     pub history_size: Option<usize>,
     /// Oldest message a client may resume to (at most the node's history TTL).
     pub history_ttl: Option<Duration>,
+    /// `Presence` and `PresenceStats` answer for its channels.
+    pub presence: bool,
+    /// Subscribers of its channels get join/leave events.
+    pub join_leave: bool,
 }
 
 impl Default for NamespaceRule {
@@ -23,6 +27,8 @@ impl Default for NamespaceRule {
             anonymous: true,
             history_size: None,
             history_ttl: None,
+            presence: false,
+            join_leave: false,
         }
     }
 }
@@ -203,6 +209,9 @@ mod tests {
             user: "u1".into(),
             channels: vec![ChannelPattern::parse("chat:room1", "u1").unwrap()],
             expires_at: u64::MAX,
+            token_id: None,
+            issued_at: None,
+            info: None,
         };
         assert_eq!(p.authorize(None, &ch("public:news")), Ok(()));
         assert_eq!(

@@ -99,7 +99,18 @@ pub struct Principal {
     pub channels: Vec<ChannelPattern>,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// `jti`: the token's id, for revocation.
+    pub token_id: Option<String>,
+    /// `iat`, seconds since the Unix epoch.
+    pub issued_at: Option<u64>,
+    /// `info`: any JSON value, as compact JSON text, shown in presence and join/leave.
+    pub info: Option<std::sync::Arc<str>>,
 }
+
+/// Most bytes of the `info` claim, as compact JSON.
+pub const MAX_INFO_BYTES: usize = 1024;
+/// Most bytes of `jti`.
+pub const MAX_JTI_BYTES: usize = 128;
 
 #[derive(Deserialize)]
 struct Claims {
@@ -109,6 +120,12 @@ struct Claims {
     exp: Option<u64>,
     #[serde(default)]
     channels: Vec<String>,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    info: Option<serde_json::Value>,
 }
 
 struct Key {
@@ -314,10 +331,31 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
         .map(|p| ChannelPattern::parse(p, &user))
         .collect::<Result<_, _>>()
         .map_err(|e| AuthError::Malformed(e.to_string()))?;
+    if claims.jti.as_ref().is_some_and(|j| j.len() > MAX_JTI_BYTES) {
+        return Err(AuthError::Malformed(format!(
+            "jti longer than {MAX_JTI_BYTES} bytes"
+        )));
+    }
+    let info = match claims.info {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => {
+            let text = v.to_string();
+            if text.len() > MAX_INFO_BYTES {
+                return Err(AuthError::Malformed(format!(
+                    "info claim is {} bytes as JSON, more than {MAX_INFO_BYTES}",
+                    text.len()
+                )));
+            }
+            Some(text.into())
+        }
+    };
     Ok(Principal {
         user,
         channels,
         expires_at,
+        token_id: claims.jti,
+        issued_at: claims.iat,
+        info,
     })
 }
 
@@ -349,6 +387,12 @@ pub struct MintClaims {
     /// Audience.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Token id (for `RevokeToken`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Connection info shown in presence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// Signs `claims` with HS256 (development tokens: `herald token`).
@@ -380,6 +424,8 @@ mod tests {
             nbf: None,
             iss: None,
             aud: None,
+            jti: None,
+            info: None,
         }
     }
 

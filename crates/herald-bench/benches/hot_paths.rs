@@ -198,6 +198,8 @@ fn main() {
             nbf: None,
             iss: None,
             aud: None,
+            jti: None,
+            info: None,
         },
     )
     .expect("token");

@@ -13,13 +13,16 @@ use std::{pin::Pin, sync::Arc, time::Instant};
 use futures_util::Stream;
 use herald_core::{
     Broker, BrokerError, BrokerState, ChannelName, ChannelPattern, ChannelsQuery, Cluster,
-    ClusterError, Cursor, HistoryQuery, InvalidPayload, Payload, PublishRequest,
+    ClusterError, Cursor, HistoryQuery, InvalidPayload, Payload, PublishRequest, Revocation,
+    Revoked, UserAction,
 };
 use herald_proto::v1::{
     self, BroadcastRequest, BroadcastResponse, BroadcastResult, ChannelInfo, ChannelsRequest,
-    ChannelsResponse, DrainNodeRequest, DrainNodeResponse, HistoryMessage, HistoryRequest,
-    HistoryResponse, PublishResponse, PublishStreamRequest, PublishStreamResponse, StatsRequest,
-    StatsResponse, WatchStatsRequest,
+    ChannelsResponse, DisconnectRequest, DrainNodeRequest, DrainNodeResponse, HistoryMessage,
+    HistoryRequest, HistoryResponse, PresenceClient, PresenceRequest, PresenceResponse,
+    PresenceStatsResponse, PublishResponse, PublishStreamRequest, PublishStreamResponse,
+    RevokeTokenRequest, RevokeUserRequest, StatsRequest, StatsResponse, UserActionResponse,
+    UserChannelRequest, WatchStatsRequest,
     broadcast_result::Outcome,
     herald_server::{Herald, HeraldServer},
 };
@@ -54,6 +57,8 @@ pub struct ControlConfig {
     pub stream_in_flight: usize,
     /// Accepted API keys; empty: open.
     pub api_keys: ApiKeys,
+    /// Namespace rules: which channels have presence.
+    pub policy: Arc<herald_auth::Policy>,
 }
 
 impl ControlConfig {
@@ -75,6 +80,7 @@ impl Default for ControlConfig {
             max_idempotency_key: Self::DEFAULT_MAX_IDEMPOTENCY_KEY,
             stream_in_flight: Self::DEFAULT_STREAM_IN_FLIGHT,
             api_keys: ApiKeys::default(),
+            policy: Arc::new(herald_auth::Policy::open()),
         }
     }
 }
@@ -102,6 +108,34 @@ fn cluster_status(e: ClusterError) -> Status {
     match e {
         ClusterError::UnknownNode(_) => Status::not_found(e.to_string()),
         ClusterError::Unavailable(_) => Status::unavailable(e.to_string()),
+        ClusterError::Refused(_) => Status::invalid_argument(e.to_string()),
+        ClusterError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+/// Most bytes of a user id in a request (the token's `sub` is bounded the same).
+const MAX_USER: usize = 256;
+/// Default lifetime of a revocation without `until`.
+const DEFAULT_REVOCATION: u64 = 24 * 3600;
+
+fn user(user: &str) -> Result<String, Status> {
+    if user.is_empty() || user.len() > MAX_USER {
+        return Err(Status::invalid_argument(format!(
+            "user must be 1-{MAX_USER} bytes, got {}",
+            user.len()
+        )));
+    }
+    Ok(user.to_owned())
+}
+
+/// `until` of a revocation: 0 is 24 hours from now; the past is refused.
+fn until(until: u64, now: u64) -> Result<u64, Status> {
+    match until {
+        0 => Ok(now + DEFAULT_REVOCATION),
+        t if t <= now => Err(Status::invalid_argument(format!(
+            "until ({t}) is not in the future (now {now})"
+        ))),
+        t => Ok(t),
     }
 }
 
@@ -525,6 +559,159 @@ impl Herald for HeraldService {
             Ok(DrainNodeResponse { connections })
         })
         .await
+    }
+
+    async fn presence(
+        &self,
+        request: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceResponse>, Status> {
+        self.unary("Presence", request, |req| async move {
+            let answer = self.presence_of(&req.channel).await?;
+            Ok(PresenceResponse {
+                clients: answer
+                    .clients
+                    .into_iter()
+                    .map(|c| PresenceClient {
+                        client: c.client,
+                        user: c.user,
+                        info: c.info.unwrap_or_default(),
+                        node: c.node,
+                        protocol: c.protocol,
+                        since_unix_ms: c.since_unix_ms,
+                    })
+                    .collect(),
+                missing_nodes: answer.missing_nodes,
+            })
+        })
+        .await
+    }
+
+    async fn presence_stats(
+        &self,
+        request: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceStatsResponse>, Status> {
+        self.unary("PresenceStats", request, |req| async move {
+            let answer = self.presence_of(&req.channel).await?;
+            Ok(PresenceStatsResponse {
+                clients: answer.connections(),
+                users: answer.users(),
+                missing_nodes: answer.missing_nodes,
+            })
+        })
+        .await
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<DisconnectRequest>,
+    ) -> Result<Response<UserActionResponse>, Status> {
+        self.unary("Disconnect", request, |req| async move {
+            if req.reason.len() > 256 {
+                return Err(Status::invalid_argument("reason is longer than 256 bytes"));
+            }
+            self.act(UserAction::Disconnect {
+                user: user(&req.user)?,
+                reconnect: req.reconnect,
+                reason: req.reason,
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: Request<UserChannelRequest>,
+    ) -> Result<Response<UserActionResponse>, Status> {
+        self.unary("Unsubscribe", request, |req| async move {
+            self.act(UserAction::Unsubscribe {
+                user: user(&req.user)?,
+                channel: Self::channel(&req.channel)?.as_str().to_owned(),
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<UserChannelRequest>,
+    ) -> Result<Response<UserActionResponse>, Status> {
+        self.unary("Subscribe", request, |req| async move {
+            self.act(UserAction::Subscribe {
+                user: user(&req.user)?,
+                channel: Self::channel(&req.channel)?.as_str().to_owned(),
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<UserActionResponse>, Status> {
+        self.unary("RevokeToken", request, |req| async move {
+            let now = herald_auth::now_secs();
+            let r = Revocation {
+                what: Revoked::Token { jti: req.jti },
+                until: until(req.until, now)?,
+            };
+            r.validate(now)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            self.act(UserAction::Revoke(r)).await
+        })
+        .await
+    }
+
+    async fn revoke_user(
+        &self,
+        request: Request<RevokeUserRequest>,
+    ) -> Result<Response<UserActionResponse>, Status> {
+        self.unary("RevokeUser", request, |req| async move {
+            let now = herald_auth::now_secs();
+            let issued_before = match req.issued_before {
+                0 => now + 1,
+                t => t,
+            };
+            let r = Revocation {
+                what: Revoked::User {
+                    user: user(&req.user)?,
+                    issued_before,
+                },
+                until: until(req.until, now)?,
+            };
+            r.validate(now)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            self.act(UserAction::Revoke(r)).await
+        })
+        .await
+    }
+}
+
+impl HeraldService {
+    /// Presence of a channel whose namespace has it, across the cluster.
+    async fn presence_of(&self, channel: &str) -> Result<herald_core::PresenceAnswer, Status> {
+        let channel = Self::channel(channel)?;
+        if !self.config.policy.rule(&channel).presence {
+            return Err(Status::failed_precondition(format!(
+                "channel {channel}: its namespace does not keep presence (set presence = true in its namespace config)"
+            )));
+        }
+        self.cluster
+            .presence(&channel)
+            .await
+            .map_err(cluster_status)
+    }
+
+    /// Applies a user action on every node.
+    async fn act(&self, action: UserAction) -> Result<UserActionResponse, Status> {
+        tracing::info!(?action, "user action requested through the control plane");
+        let answer = self.cluster.act(&action).await.map_err(cluster_status)?;
+        Ok(UserActionResponse {
+            connections: answer.connections,
+            missing_nodes: answer.missing_nodes,
+        })
     }
 }
 

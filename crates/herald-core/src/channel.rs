@@ -86,6 +86,14 @@ impl AsRef<str> for ChannelName {
     }
 }
 
+/// Derived `Eq`, `Ord` and `Hash` are those of the name, so maps keyed by channel can be
+/// searched by `&str`.
+impl std::borrow::Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

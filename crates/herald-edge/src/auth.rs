@@ -37,7 +37,23 @@ pub(crate) fn authenticate(
     query: &ClientQuery,
 ) -> Result<Option<Principal>, EdgeError> {
     let token = token(headers, query)?;
-    Ok(edge.config.policy.authenticate(token)?)
+    let who = edge.config.policy.authenticate(token)?;
+    check_revoked(edge, who.as_ref())?;
+    Ok(who)
+}
+
+/// Refuses a revoked token (by its `jti`, or its user and `iat`).
+pub(crate) fn check_revoked(edge: &EdgeInner, who: Option<&Principal>) -> Result<(), EdgeError> {
+    match who {
+        Some(p)
+            if edge
+                .revocations
+                .is_revoked(crate::identity::token_ref(p), herald_auth::now_secs()) =>
+        {
+            Err(EdgeError::TokenRevoked)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks that `who` may read every one of `channels`.

@@ -57,6 +57,23 @@ pub enum EdgeError {
     /// A browser WebSocket from an origin not on the allow-list.
     #[error("origin {0:?} is not allowed to open WebSockets here")]
     OriginForbidden(String),
+    /// The user holds `HERALD_MAX_CONNECTIONS_PER_USER` connections on this node.
+    #[error("this user holds {max} connections on this node, the most allowed")]
+    TooManyUserConnections {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The token, or every token of its user issued before some time, was revoked.
+    #[error("token revoked: do not reconnect with it")]
+    TokenRevoked,
+    /// The operator disconnected the user while this request was held.
+    #[error("disconnected by the server")]
+    Disconnected {
+        /// Whether the client may reconnect.
+        reconnect: bool,
+        /// The operator's words.
+        reason: std::sync::Arc<str>,
+    },
 }
 
 impl EdgeError {
@@ -77,6 +94,9 @@ impl EdgeError {
             EdgeError::Unauthorized(e) => e.code(),
             EdgeError::Denied(d) => d.code(),
             EdgeError::OriginForbidden(_) => "origin_forbidden",
+            EdgeError::TooManyUserConnections { .. } => "too_many_connections_for_user",
+            EdgeError::TokenRevoked => "token_revoked",
+            EdgeError::Disconnected { .. } => "disconnected",
         }
     }
 
@@ -92,6 +112,8 @@ impl EdgeError {
             }
             EdgeError::Denied(Denied::Forbidden(_)) => "forbidden",
             EdgeError::OriginForbidden(_) => "origin_forbidden",
+            EdgeError::TooManyUserConnections { .. } => "too_many_connections_for_user",
+            EdgeError::TokenRevoked => "unauthorized",
             _ => "invalid_request",
         }
     }
@@ -102,9 +124,11 @@ impl EdgeError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             EdgeError::NotWebSocket(_) => StatusCode::UPGRADE_REQUIRED,
-            EdgeError::Unauthorized(_) | EdgeError::Denied(Denied::TokenRequired(_)) => {
-                StatusCode::UNAUTHORIZED
-            }
+            EdgeError::Unauthorized(_)
+            | EdgeError::Denied(Denied::TokenRequired(_))
+            | EdgeError::TokenRevoked => StatusCode::UNAUTHORIZED,
+            EdgeError::TooManyUserConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::Disconnected { .. } => StatusCode::CONFLICT,
             EdgeError::Denied(Denied::Forbidden(_)) | EdgeError::OriginForbidden(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -114,7 +138,12 @@ impl EdgeError {
 
     /// The JSON error object (also the body of WebSocket `error` frames).
     pub(crate) fn body(&self) -> serde_json::Value {
-        serde_json::json!({"code": self.code(), "message": self.to_string()})
+        let mut body = serde_json::json!({"code": self.code(), "message": self.to_string()});
+        if let EdgeError::Disconnected { reconnect, reason } = self {
+            body["reconnect"] = (*reconnect).into();
+            body["reason"] = (**reason).into();
+        }
+        body
     }
 }
 

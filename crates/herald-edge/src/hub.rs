@@ -22,8 +22,8 @@ use std::{
 };
 
 use herald_core::{
-    Broker, BrokerError, ChannelName, Cursor, HistoryQuery, LiveEvent, Message, Protocol,
-    Subscription, unix_micros,
+    Broker, BrokerError, ChannelName, Cursor, HistoryQuery, LiveEvent, Message, PresenceEntry,
+    PresenceEvent, Protocol, Subscription, unix_micros,
 };
 use herald_telemetry::Metrics;
 use parking_lot::Mutex;
@@ -414,6 +414,24 @@ impl Hub {
         }
     }
 
+    /// The held streams subscribed to `channel` here, as presence lists them.
+    pub(crate) fn presence(&self, channel: &ChannelName, node: &str) -> Vec<PresenceEntry> {
+        let Some(slot) = self.slots.lock().get(channel).cloned() else {
+            return Vec::new();
+        };
+        let outboxes: Vec<Arc<Outbox>> = slot.members.lock().conns.values().cloned().collect();
+        crate::registry::Registry::presence_of(outboxes.into_iter(), node)
+    }
+
+    /// Queues a join/leave for every local subscriber of its channel, behind the messages
+    /// already queued for them.
+    pub(crate) fn deliver_event(&self, event: &Arc<PresenceEvent>) {
+        let slot = self.slots.lock().get(event.channel.as_str()).cloned();
+        if let Some(slot) = slot {
+            slot.fan_out(&Item::Presence(event.clone()));
+        }
+    }
+
     /// Channels with local interest right now.
     pub(crate) fn channel_count(&self) -> usize {
         self.slots.lock().len()
@@ -748,7 +766,7 @@ mod tests {
             for item in batch.drain(..) {
                 match item {
                     Item::Message(m) => got.push(m.cursor),
-                    Item::Gap(_) => panic!("history still had everything: no gap"),
+                    other => panic!("history still had everything: got {other:?}"),
                 }
             }
         }
@@ -835,7 +853,7 @@ mod tests {
                     .unwrap();
                 got.extend(batch.drain(..).map(|item| match item {
                     Item::Message(m) => m.cursor,
-                    Item::Gap(_) => panic!("no gap expected"),
+                    other => panic!("only messages expected, got {other:?}"),
                 }));
             }
             assert_eq!(got, sent);

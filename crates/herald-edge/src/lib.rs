@@ -11,6 +11,7 @@ mod conn;
 mod deliver;
 mod error;
 mod hub;
+mod identity;
 mod limits;
 mod outbox;
 mod params;
@@ -41,7 +42,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use herald_core::{Broker, Protocol};
+use herald_core::{Broker, PresenceEntry, PresenceEvent, Protocol, UserAction};
 use herald_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +138,12 @@ pub struct EdgeConfig {
     pub max_client_sockets: usize,
     /// Proxies whose forwarding header names the client (per-IP rate, poll clients, logs).
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// This node's id, shown in presence.
+    pub node_id: String,
+    /// Most held connections one user may have on this node; 0: no limit.
+    pub max_connections_per_user: usize,
+    /// Most revocations held.
+    pub max_revocations: usize,
 }
 
 impl EdgeConfig {
@@ -184,6 +191,10 @@ impl EdgeConfig {
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default largest request head: 16 KiB.
     pub const DEFAULT_MAX_REQUEST_HEAD: usize = 16 << 10;
+    /// Default most revocations held.
+    pub const DEFAULT_MAX_REVOCATIONS: usize = 100_000;
+    /// Join/leave events queued for the other nodes at most.
+    const RELAY_QUEUE: usize = 10_000;
 }
 
 impl Default for EdgeConfig {
@@ -215,6 +226,9 @@ impl Default for EdgeConfig {
             policy: Arc::new(herald_auth::Policy::open()),
             max_client_sockets: usize::MAX,
             trusted_proxies: Arc::new(TrustedProxies::default()),
+            node_id: "herald".into(),
+            max_connections_per_user: 0,
+            max_revocations: Self::DEFAULT_MAX_REVOCATIONS,
         }
     }
 }
@@ -244,11 +258,35 @@ pub(crate) struct EdgeInner {
     pub(crate) poll_clients: poll::PollClients,
     /// Set when the node starts draining: new held connections are refused.
     draining: AtomicBool,
+    /// Revoked tokens and users, checked at connect, subscribe and refresh.
+    pub(crate) revocations: herald_core::Revocations,
+    /// Where this node's join/leave events go to reach the other nodes (once a cluster
+    /// layer took the receiver).
+    relay: parking_lot::Mutex<Option<tokio::sync::mpsc::Sender<PresenceEvent>>>,
+    /// Events dropped at a full relay, logged at most every few seconds.
+    relay_full: limits::Throttled,
 }
 
 impl EdgeInner {
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// A join or leave of a client of this node: to this node's subscribers of the channel
+    /// now, and to the other nodes' through the relay (dropped, and counted, when its
+    /// queue is full).
+    pub(crate) fn announce(&self, event: PresenceEvent) {
+        let event = Arc::new(event);
+        self.hub.deliver_event(&event);
+        if let Some(relay) = &*self.relay.lock()
+            && relay.try_send((*event).clone()).is_err()
+            && let Some(dropped) = self.relay_full.hit()
+        {
+            tracing::warn!(
+                dropped,
+                "join/leave relay to other nodes is full (NATS slow or down): events dropped (count since the last such line)"
+            );
+        }
     }
 }
 
@@ -282,8 +320,12 @@ impl Edge {
         let inner = Arc::new(EdgeInner {
             registry: Arc::new(registry::Registry::new(
                 config.max_connections,
+                config.max_connections_per_user,
                 metrics.clone(),
             )),
+            revocations: herald_core::Revocations::new(config.max_revocations),
+            relay: parking_lot::Mutex::new(None),
+            relay_full: limits::Throttled::new(),
             poll_clients: poll::PollClients::new(config.poll_client_window),
             config,
             broker,
@@ -299,6 +341,7 @@ impl Edge {
                 let Some(inner) = weak.upgrade() else { return };
                 inner.poll_clients.prune(&inner.metrics);
                 inner.registry.reap_stuck(STUCK_CLOSE_GRACE);
+                inner.revocations.prune(herald_auth::now_secs());
             }
         });
         Self { inner }
@@ -370,6 +413,35 @@ impl Edge {
     /// Channels with local interest right now.
     pub fn active_channels(&self) -> usize {
         self.inner.hub.channel_count()
+    }
+
+    /// The WebSocket and SSE connections of this node subscribed to `channel`.
+    pub fn presence(&self, channel: &herald_core::ChannelName) -> Vec<PresenceEntry> {
+        self.inner.hub.presence(channel, &self.inner.config.node_id)
+    }
+
+    /// Applies an operator's action to this node's connections; returns how many it reached.
+    pub fn act(&self, action: &UserAction) -> Result<u64, herald_core::RevocationError> {
+        let n = self.inner.registry.act(action, &self.inner.revocations)?;
+        tracing::info!(?action, connections = n, "user action applied");
+        Ok(n)
+    }
+
+    /// Hands another node's join/leave to this node's subscribers of the channel.
+    pub fn deliver_event(&self, event: &PresenceEvent) {
+        self.inner.hub.deliver_event(&Arc::new(event.clone()));
+    }
+
+    /// The join/leave events of this node's clients, for the cluster layer to relay; the
+    /// first caller gets the receiver.
+    pub fn take_events(&self) -> Option<tokio::sync::mpsc::Receiver<PresenceEvent>> {
+        let mut relay = self.inner.relay.lock();
+        if relay.is_some() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(EdgeConfig::RELAY_QUEUE);
+        *relay = Some(tx);
+        Some(rx)
     }
 
     /// Every channel with local subscribers right now, and how many connections (WebSocket,
@@ -478,14 +550,12 @@ async fn ws_route(
         let initial = params::parse(query.as_deref(), edge.config.max_channels_per_connection)?;
         let who = auth::authenticate(&edge, &headers, &initial)?;
         auth::authorize(&edge, who.as_ref(), &initial.channels)?;
-        let reg = edge
-            .registry
-            .register(
-                Protocol::WebSocket,
-                edge.config.outbox_bytes,
-                ConnKill::token(kill),
-            )
-            .ok_or(EdgeError::TooManyConnections)?;
+        let reg = edge.registry.register(
+            Protocol::WebSocket,
+            edge.config.outbox_bytes,
+            ConnKill::token(kill),
+            who.as_ref(),
+        )?;
         Ok(ws::upgrade(edge.clone(), upgrade, reg, initial, who))
     })();
     result.unwrap_or_else(|e: EdgeError| {

@@ -6,7 +6,9 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
-use herald_core::{ChannelName, Message, Protocol};
+use herald_core::{ChannelName, Message, PresenceEvent, Protocol};
+
+use crate::identity::Client;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -18,24 +20,46 @@ pub(crate) enum Item {
     /// The node could not repair its live feed of this channel: the client may have missed
     /// messages and must be told.
     Gap(ChannelName),
+    /// A client joined or left a channel (ephemeral: no cursor, not in history).
+    Presence(Arc<PresenceEvent>),
+    /// The operator subscribed this connection's user to a channel (from now).
+    Subscribe(ChannelName),
+    /// The operator removed this connection's user from a channel.
+    Unsubscribe(ChannelName),
 }
 
 impl Item {
     fn size(&self) -> usize {
         match self {
             Item::Message(m) => m.wire_size(),
-            Item::Gap(c) => c.as_str().len() + 32,
+            Item::Gap(c) | Item::Subscribe(c) | Item::Unsubscribe(c) => c.as_str().len() + 32,
+            Item::Presence(e) => {
+                e.channel.len()
+                    + e.client.len()
+                    + e.user.len()
+                    + e.info.as_deref().map_or(0, str::len)
+                    + 64
+            }
         }
     }
 }
 
 /// Why an outbox stopped accepting items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Closed {
     /// The queue overflowed its byte bound.
     SlowConsumer,
     /// The node asked this connection to leave (drain).
     Drain,
+    /// The operator disconnected the connection's user.
+    Disconnected {
+        /// Whether the client may reconnect.
+        reconnect: bool,
+        /// The operator's words.
+        reason: Arc<str>,
+    },
+    /// The connection's token (or user) was revoked.
+    Revoked,
 }
 
 /// Bounded, multi-producer, single-consumer queue of [`Item`]s.
@@ -47,6 +71,8 @@ pub(crate) struct Outbox {
     /// The protocol of the connection it feeds: traced fan-out makes one delivery span per
     /// protocol, not per connection.
     pub(crate) protocol: Protocol,
+    /// Who holds the connection (presence, user actions, revocations).
+    pub(crate) client: Client,
 }
 
 struct State {
@@ -58,7 +84,13 @@ struct State {
 }
 
 impl Outbox {
+    #[cfg(test)]
     pub(crate) fn new(limit: usize, protocol: Protocol) -> Self {
+        Self::for_client(limit, protocol, Client::new(None))
+    }
+
+    /// An empty outbox of `client`'s connection.
+    pub(crate) fn for_client(limit: usize, protocol: Protocol, client: Client) -> Self {
         Self {
             state: Mutex::new(State {
                 items: VecDeque::new(),
@@ -69,6 +101,7 @@ impl Outbox {
             notify: Notify::new(),
             limit,
             protocol,
+            client,
         }
     }
 
@@ -112,7 +145,7 @@ impl Outbox {
 
     /// Why the outbox is closed, if it is.
     pub(crate) fn closed(&self) -> Option<Closed> {
-        self.state.lock().closed
+        self.state.lock().closed.clone()
     }
 
     /// Whether the outbox closed more than `grace` ago.
@@ -130,8 +163,8 @@ impl Outbox {
         loop {
             {
                 let mut s = self.state.lock();
-                if let Some(reason) = s.closed {
-                    return Err(reason);
+                if let Some(reason) = &s.closed {
+                    return Err(reason.clone());
                 }
                 if !s.items.is_empty() {
                     out.extend(s.items.drain(..));
@@ -197,7 +230,7 @@ mod tests {
             .iter()
             .map(|i| match i {
                 Item::Message(m) => m.cursor.0,
-                Item::Gap(_) => 0,
+                _ => 0,
             })
             .collect();
         assert_eq!(cursors, [1, 2, 3]);

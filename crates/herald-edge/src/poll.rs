@@ -21,12 +21,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, BytesMut};
+use herald_auth::Principal;
 use herald_core::{ChannelName, Cursor, Message, Protocol, Since, unix_micros};
 use herald_telemetry::{CloseReason, Metrics};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::{EdgeError, EdgeInner, outbox::Item, params, session::Session};
+use crate::{
+    EdgeError, EdgeInner,
+    outbox::{Closed, Item},
+    params,
+    session::Session,
+};
 
 /// Most distinct poll clients tracked for the connection gauge; past it, new ones are not
 /// counted (the gauge saturates instead of memory growing).
@@ -204,6 +210,8 @@ pub(crate) struct Prepared {
     protocol: Protocol,
     /// The client's key in the poll-client tracking.
     key: u64,
+    /// Who asks (a held long-poll counts as one of their connections).
+    who: Option<Principal>,
 }
 
 /// Parses and authorizes `GET /poll`; the query and headers are not needed after this.
@@ -245,6 +253,7 @@ pub(crate) fn prepare(
         wait,
         protocol,
         key,
+        who,
     })
 }
 
@@ -256,6 +265,7 @@ pub(crate) async fn handle(edge: Arc<EdgeInner>, p: Prepared) -> Result<Response
         wait,
         protocol,
         key,
+        who,
     } = p;
     edge.poll_clients.begin(key, protocol, &edge.metrics);
     let _in_flight = InFlight {
@@ -266,7 +276,14 @@ pub(crate) async fn handle(edge: Arc<EdgeInner>, p: Prepared) -> Result<Response
     let reply = if wait == 0 {
         interval(&edge, &channels, &since).await?
     } else {
-        long(&edge, &channels, &since, Duration::from_secs(wait)).await?
+        long(
+            &edge,
+            &channels,
+            &since,
+            Duration::from_secs(wait),
+            who.as_ref(),
+        )
+        .await?
     };
     let now = unix_micros();
     for m in &reply.messages {
@@ -331,15 +348,14 @@ async fn long(
     channels: &[ChannelName],
     since: &Since,
     wait: Duration,
+    who: Option<&Principal>,
 ) -> Result<Reply, EdgeError> {
-    let reg = edge
-        .registry
-        .register(
-            Protocol::LongPoll,
-            edge.config.outbox_bytes,
-            Default::default(),
-        )
-        .ok_or(EdgeError::TooManyConnections)?;
+    let reg = edge.registry.register(
+        Protocol::LongPoll,
+        edge.config.outbox_bytes,
+        Default::default(),
+        who,
+    )?;
     let mut session = Session::new(edge.clone(), reg);
     // Live first: anything stored after the read below then reaches the outbox.
     session.join_live(channels, Cursor::ZERO).await?;
@@ -355,9 +371,14 @@ async fn long(
     loop {
         tokio::select! {
             r = outbox.next_batch(&mut batch) => {
-                if r.is_err() {
+                match r {
+                    Err(Closed::Disconnected { reconnect, reason }) => {
+                        return Err(EdgeError::Disconnected { reconnect, reason });
+                    }
+                    Err(Closed::Revoked) => return Err(EdgeError::TokenRevoked),
                     // Drained or overflowed: answer now; the cursor loses nothing.
-                    return Ok(first);
+                    Err(_) => return Ok(first),
+                    Ok(_) => {}
                 }
                 let mut messages = Vec::new();
                 let mut lost = false;
@@ -369,6 +390,8 @@ async fn long(
                             }
                         }
                         Item::Gap(_) => lost = true,
+                        // Join/leave and server-side subscriptions are for held streams.
+                        Item::Presence(_) | Item::Subscribe(_) | Item::Unsubscribe(_) => {}
                     }
                 }
                 if lost || (channels.len() > 1 && !messages.is_empty()) {

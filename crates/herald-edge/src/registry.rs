@@ -10,12 +10,17 @@ use std::{
     time::Duration,
 };
 
-use herald_core::Protocol;
+use herald_auth::Principal;
+use herald_core::{ChannelName, PresenceEntry, Protocol, Revocations, UserAction};
 use herald_telemetry::{CloseReason, Metrics};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{Closed, Outbox};
+use crate::{
+    EdgeError,
+    identity::Client,
+    outbox::{Closed, Item, Outbox},
+};
 
 /// Every held connection of this node.
 pub(crate) struct Registry {
@@ -24,6 +29,10 @@ pub(crate) struct Registry {
     count: AtomicUsize,
     /// Most held connections at once.
     max: usize,
+    /// Most held connections of one (named) user; 0: no limit.
+    max_per_user: usize,
+    /// Held connections per named user.
+    per_user: Mutex<HashMap<Arc<str>, usize>>,
     /// Outbox per connection: closing it with [`Closed::Drain`] makes the connection leave.
     conns: Mutex<HashMap<u64, (Arc<Outbox>, CancellationToken)>>,
     metrics: Arc<Metrics>,
@@ -47,25 +56,42 @@ pub(crate) struct Registration {
 }
 
 impl Registry {
-    pub(crate) fn new(max: usize, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(max: usize, max_per_user: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             next_id: AtomicU64::new(1),
             count: AtomicUsize::new(0),
             max,
+            max_per_user,
+            per_user: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             metrics,
             full: crate::limits::Throttled::new(),
         }
     }
 
-    /// Admits a connection, or `None` when the node holds its maximum.
+    /// Admits a connection of `who`, unless the node holds its maximum
+    /// ([`EdgeError::TooManyConnections`]) or the user holds theirs here
+    /// ([`EdgeError::TooManyUserConnections`]).
     pub(crate) fn register(
         self: &Arc<Self>,
         protocol: Protocol,
         outbox_bytes: usize,
         kill: CancellationToken,
-    ) -> Option<Registration> {
+        who: Option<&Principal>,
+    ) -> Result<Registration, EdgeError> {
+        let client = Client::new(who);
+        if self.max_per_user > 0 && !client.user.is_empty() {
+            let mut per_user = self.per_user.lock();
+            let n = per_user.entry(client.user.clone()).or_insert(0);
+            if *n >= self.max_per_user {
+                return Err(EdgeError::TooManyUserConnections {
+                    max: self.max_per_user,
+                });
+            }
+            *n += 1;
+        }
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.release_user(&client.user);
             self.count.fetch_sub(1, Ordering::AcqRel);
             if let Some(refused) = self.full.hit() {
                 tracing::warn!(
@@ -74,10 +100,10 @@ impl Registry {
                     "held connection limit reached (HERALD_MAX_CONNECTIONS, or lower when the descriptor limit allows fewer): new WebSocket, SSE and long-poll requests get 503 too_many_connections (count since the last such line)"
                 );
             }
-            return None;
+            return Err(EdgeError::TooManyConnections);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(outbox_bytes, protocol));
+        let outbox = Arc::new(Outbox::for_client(outbox_bytes, protocol, client));
         self.conns.lock().insert(id, (outbox.clone(), kill.clone()));
         if counts_itself(protocol) {
             self.metrics
@@ -89,7 +115,7 @@ impl Registry {
                 .with_label_values(&[protocol.as_str()])
                 .inc();
         }
-        Some(Registration {
+        Ok(Registration {
             registry: self.clone(),
             id,
             protocol,
@@ -108,6 +134,86 @@ impl Registry {
                 kill.cancel();
             }
         }
+    }
+
+    fn release_user(&self, user: &str) {
+        if self.max_per_user == 0 || user.is_empty() {
+            return;
+        }
+        let mut per_user = self.per_user.lock();
+        if let Some(n) = per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(user);
+            }
+        }
+    }
+
+    /// Applies an operator's action to the connections it covers; returns how many. A
+    /// revocation is remembered first (an error when the set is full).
+    pub(crate) fn act(
+        &self,
+        action: &UserAction,
+        revocations: &Revocations,
+    ) -> Result<u64, herald_core::RevocationError> {
+        let now = herald_auth::now_secs();
+        if let UserAction::Revoke(r) = action {
+            revocations.insert(r, now)?;
+        }
+        let held = |o: &Outbox| matches!(o.protocol, Protocol::WebSocket | Protocol::Sse);
+        let mut n = 0;
+        for (outbox, _) in self.conns.lock().values() {
+            let who = &outbox.client;
+            let hit = match action {
+                UserAction::Disconnect {
+                    user,
+                    reconnect,
+                    reason,
+                } if *who.user == **user => {
+                    outbox.close(Closed::Disconnected {
+                        reconnect: *reconnect,
+                        reason: reason.as_str().into(),
+                    });
+                    true
+                }
+                UserAction::Unsubscribe { user, channel }
+                    if *who.user == **user && held(outbox) =>
+                {
+                    ChannelName::new(channel).is_ok_and(|c| outbox.push(Item::Unsubscribe(c)))
+                }
+                UserAction::Subscribe { user, channel } if *who.user == **user && held(outbox) => {
+                    ChannelName::new(channel).is_ok_and(|c| outbox.push(Item::Subscribe(c)))
+                }
+                UserAction::Revoke(r)
+                    if who.with_token(|t| Revocations::covers(r, t))
+                        && outbox.closed().is_none() =>
+                {
+                    outbox.close(Closed::Revoked);
+                    true
+                }
+                _ => false,
+            };
+            n += u64::from(hit);
+        }
+        Ok(n)
+    }
+
+    /// Presence entries of the held streams among `outboxes`.
+    pub(crate) fn presence_of(
+        outboxes: impl Iterator<Item = Arc<Outbox>>,
+        node: &str,
+    ) -> Vec<PresenceEntry> {
+        outboxes
+            .filter(|o| matches!(o.protocol, Protocol::WebSocket | Protocol::Sse))
+            .map(|o| PresenceEntry {
+                client: o.client.id.to_string(),
+                user: o.client.user.to_string(),
+                info: o.client.info.as_deref().map(str::to_owned),
+                node: node.to_owned(),
+                protocol: o.protocol.as_str().to_owned(),
+                since_unix_ms: o.client.since_ms,
+            })
+            .collect()
     }
 
     /// Connections held right now.
@@ -143,12 +249,15 @@ impl Drop for Registration {
         let r = &self.registry;
         r.conns.lock().remove(&self.id);
         r.count.fetch_sub(1, Ordering::AcqRel);
+        r.release_user(&self.outbox.client.user);
         let p = self.protocol.as_str();
         // A connection aborted while stuck never got to record why; its outbox knows.
         if self.reason == CloseReason::Normal {
             match self.outbox.closed() {
                 Some(Closed::SlowConsumer) => self.reason = CloseReason::SlowConsumer,
                 Some(Closed::Drain) => self.reason = CloseReason::Drain,
+                Some(Closed::Disconnected { .. }) => self.reason = CloseReason::Disconnected,
+                Some(Closed::Revoked) => self.reason = CloseReason::Revoked,
                 None => {}
             }
         }

@@ -20,7 +20,8 @@ use std::{
 
 use futures_util::future::join_all;
 use herald_core::{
-    BrokerError, ChannelName, Cursor, HistoryPage, HistoryQuery, Message, Since, unix_micros,
+    BrokerError, ChannelName, Cursor, HistoryPage, HistoryQuery, Message, PresenceEvent,
+    PresenceKind, Protocol, Since, unix_micros,
 };
 
 use crate::{EdgeError, EdgeInner, hub::Resume, registry::Registration};
@@ -37,6 +38,12 @@ pub(crate) enum Step {
     Gap(ChannelName),
     /// A retained message.
     Message(Arc<Message>),
+    /// A client joined or left a subscribed channel (ephemeral).
+    Presence(Arc<PresenceEvent>),
+    /// The operator removed this channel (already left).
+    Unsubscribed(ChannelName),
+    /// The operator added this channel: the transport subscribes it from now.
+    Subscribe(ChannelName),
 }
 
 /// A subscribe in progress: `subscribed` goes out first, then every [`Session::catch_up`]
@@ -68,7 +75,9 @@ struct Source {
 impl Source {
     fn front_key(&self) -> Option<Cursor> {
         self.queue.front().map(|s| match s {
-            Step::Gap(_) => Cursor::ZERO,
+            Step::Gap(_) | Step::Presence(_) | Step::Unsubscribed(_) | Step::Subscribe(_) => {
+                Cursor::ZERO
+            }
             Step::Message(m) => m.cursor,
         })
     }
@@ -212,7 +221,31 @@ impl Session {
                 }
             }
         }
+        self.announce(PresenceKind::Join, &catchup.channels);
         Ok(catchup)
+    }
+
+    /// Tells the channels' subscribers (on every node) that this client joined or left, for
+    /// channels whose namespace has join/leave events. Held streams only: a long-poll is a
+    /// request, not a member.
+    fn announce(&self, kind: PresenceKind, channels: &[ChannelName]) {
+        if !matches!(self.reg.protocol, Protocol::WebSocket | Protocol::Sse) {
+            return;
+        }
+        let policy = &self.edge.config.policy;
+        for c in channels {
+            if policy.rule(c).join_leave {
+                let who = &self.reg.outbox.client;
+                self.edge.announce(PresenceEvent {
+                    kind,
+                    channel: c.as_str().to_owned(),
+                    client: who.id.to_string(),
+                    user: who.user.to_string(),
+                    info: who.info.as_deref().map(str::to_owned),
+                    node: self.edge.config.node_id.clone(),
+                });
+            }
+        }
     }
 
     /// Moves the next catch-up steps into `out` (merged in cursor order, at most a batch);
@@ -367,6 +400,7 @@ impl Session {
             }
         }
         self.set_hash = None;
+        self.announce(PresenceKind::Leave, &removed);
         removed
     }
 
@@ -421,6 +455,11 @@ impl Session {
     pub(crate) fn is_subscribed(&self, c: &ChannelName) -> bool {
         self.positions.contains_key(c)
     }
+
+    /// [`Session::is_subscribed`] by name.
+    pub(crate) fn is_subscribed_name(&self, c: &str) -> bool {
+        self.positions.contains_key(c)
+    }
 }
 
 impl Drop for Session {
@@ -428,6 +467,8 @@ impl Drop for Session {
         for c in self.positions.keys() {
             self.edge.hub.leave(c, self.reg.id);
         }
+        let channels: Vec<ChannelName> = self.positions.keys().cloned().collect();
+        self.announce(PresenceKind::Leave, &channels);
     }
 }
 

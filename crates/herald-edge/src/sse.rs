@@ -68,7 +68,29 @@ fn encode(session: &mut Session, step: &Step, out: &mut VecDeque<Bytes>) {
             None,
             &serde_json::json!({"channel": c.as_str()}),
         )),
+        Step::Presence(e) => out.push_back(event(e.kind.as_str(), None, &e.body())),
+        Step::Unsubscribed(c) => out.push_back(event(
+            "unsubscribed",
+            None,
+            &serde_json::json!({"channels": [c.as_str()], "reason": "server"}),
+        )),
+        // Subscribed by `next_chunk` once the steps before it are queued.
+        Step::Subscribe(_) => {}
     }
+}
+
+/// The `subscribed` event: the stream's position token after it, the channels, "now", and
+/// the client id; `server` when the operator added the channels.
+fn subscribed(session: &mut Session, catchup: &Catchup, server: bool) -> Bytes {
+    let names: Vec<&str> = catchup.channels.iter().map(|c| c.as_str()).collect();
+    let mut body = serde_json::json!({
+        "channels": names, "cursor": catchup.cursor.to_string(),
+        "client": &*session.reg.outbox.client.id,
+    });
+    if server {
+        body["server"] = true.into();
+    }
+    event("subscribed", Some(&session.token()), &body)
 }
 
 /// Handles `GET /sse`.
@@ -96,10 +118,9 @@ pub(crate) async fn handle(
             query.since = Since::parse(text, &query.channels)?;
         }
     }
-    let reg = edge
-        .registry
-        .register(Protocol::Sse, edge.config.outbox_bytes, kill)
-        .ok_or(EdgeError::TooManyConnections)?;
+    let reg =
+        edge.registry
+            .register(Protocol::Sse, edge.config.outbox_bytes, kill, who.as_ref())?;
     let mut session = Session::new(edge.clone(), reg);
     let catchup = session.subscribe(&query.channels, &query.since).await?;
 
@@ -108,12 +129,7 @@ pub(crate) async fn handle(
         "retry: {}\n\n",
         edge.config.sse_retry.as_millis()
     )));
-    let names: Vec<&str> = catchup.channels.iter().map(|c| c.as_str()).collect();
-    pending.push_back(event(
-        "subscribed",
-        Some(&session.token()),
-        &serde_json::json!({"channels": names, "cursor": catchup.cursor.to_string()}),
-    ));
+    pending.push_back(subscribed(&mut session, &catchup, false));
     let period = edge.config.sse_heartbeat;
     let stream = Stream {
         session,
@@ -174,12 +190,38 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
                 Ok(bytes) => {
                     st.session.edge.metrics.outbox_queued_bytes.observe(bytes as f64);
                     let Stream { session, batch, pending, .. } = &mut st;
-                    deliver::live(session, Protocol::Sse, batch, |s, step| encode(s, step, pending));
+                    let mut added = Vec::new();
+                    deliver::live(session, Protocol::Sse, batch, |s, step| {
+                        if let Step::Subscribe(c) = step {
+                            added.push(c.clone());
+                        }
+                        encode(s, step, pending)
+                    });
+                    if !added.is_empty() {
+                        server_subscribe(&mut st, &added).await;
+                    }
                 }
                 Err(closed) => end(&mut st, Ending::of(closed)),
             },
             () = expiry => end(&mut st, Ending::TokenExpired),
             _ = st.heartbeat.tick() => st.pending.push_back(Bytes::from_static(b": heartbeat\n\n")),
+        }
+    }
+}
+
+/// Adds channels the operator subscribed the user to, from now. A refusal (too many
+/// channels, the broker down) is an `error` event naming them; the stream goes on.
+async fn server_subscribe(st: &mut Stream, channels: &[herald_core::ChannelName]) {
+    match st.session.subscribe(channels, &Since::Now).await {
+        Ok(catchup) => {
+            let event = subscribed(&mut st.session, &catchup, true);
+            st.pending.push_back(event);
+            st.catchup = Some(catchup);
+        }
+        Err(e) => {
+            let mut body = e.body();
+            body["channels"] = channels.iter().map(|c| c.as_str()).collect();
+            st.pending.push_back(event("error", None, &body));
         }
     }
 }

@@ -223,6 +223,7 @@ async fn serve(
             session,
             &initial.channels,
             &initial.since,
+            false,
         ))
         .await
         .is_err()
@@ -334,14 +335,16 @@ async fn command(
 ) -> Result<(), axum::Error> {
     match parse_command(text, edge.config.max_channels_per_connection) {
         Ok(Command::Subscribe(channels, since)) => {
-            if let Err(e) = crate::auth::authorize(edge, auth.who.as_ref(), &channels) {
+            let allowed = crate::auth::check_revoked(edge, auth.who.as_ref())
+                .and_then(|()| crate::auth::authorize(edge, auth.who.as_ref(), &channels));
+            if let Err(e) = allowed {
                 edge.metrics.refuse(e.refusal());
                 let mut body = e.body();
                 body["type"] = "error".into();
                 body["channels"] = channels.iter().map(|c| c.as_str()).collect();
                 return socket.send(frame(body)).await;
             }
-            subscribe(socket, session, &channels, &since).await
+            subscribe(socket, session, &channels, &since, false).await
         }
         Ok(Command::Auth(token)) => authenticate(edge, socket, session, auth, &token).await,
         Ok(Command::Unsubscribe(channels)) => {
@@ -378,14 +381,17 @@ async fn authenticate(
         .config
         .policy
         .authenticate(Some(token))
+        .map_err(EdgeError::Unauthorized)
         .and_then(|who| match (&auth.who, who) {
-            (Some(old), Some(new)) if old.user != new.user => Err(AuthError::OtherUser),
+            (Some(old), Some(new)) if old.user != new.user => {
+                Err(EdgeError::Unauthorized(AuthError::OtherUser))
+            }
             (_, who) => Ok(who),
-        });
+        })
+        .and_then(|who| crate::auth::check_revoked(edge, who.as_ref()).map(|()| who));
     let who = match verified {
         Ok(who) => who,
         Err(e) => {
-            let e = EdgeError::Unauthorized(e);
             edge.metrics.refuse(e.refusal());
             return socket.send(error_frame(&e)).await;
         }
@@ -395,10 +401,11 @@ async fn authenticate(
         return socket
             .send(frame(
                 serde_json::json!({"type": "authenticated", "user": null,
-                "expires_at": null}),
+                "expires_at": null, "client": &*session.reg.outbox.client.id}),
             ))
             .await;
     };
+    session.reg.outbox.client.set_token(&who);
     let revoked: Vec<ChannelName> = session
         .channels()
         .into_iter()
@@ -408,7 +415,7 @@ async fn authenticate(
     socket
         .feed(frame(
             serde_json::json!({"type": "authenticated", "user": who.user,
-            "expires_at": who.expires_at}),
+            "expires_at": who.expires_at, "client": &*session.reg.outbox.client.id}),
         ))
         .await?;
     auth.who = Some(who);
@@ -430,6 +437,7 @@ async fn subscribe(
     session: &mut Session,
     channels: &[ChannelName],
     since: &Since,
+    server: bool,
 ) -> Result<(), axum::Error> {
     let mut catchup = match session.subscribe(channels, since).await {
         Ok(c) => c,
@@ -442,11 +450,14 @@ async fn subscribe(
         }
     };
     let names: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
-    socket
-        .send(frame(serde_json::json!({
-            "type": "subscribed", "channels": names, "cursor": catchup.cursor.to_string()
-        })))
-        .await?;
+    let mut body = serde_json::json!({
+        "type": "subscribed", "channels": names, "cursor": catchup.cursor.to_string(),
+        "client": &*session.reg.outbox.client.id,
+    });
+    if server {
+        body["server"] = true.into();
+    }
+    socket.send(frame(body)).await?;
     // The catch-up streams: each batch goes out as soon as it is read.
     let mut steps = Vec::new();
     while session.catch_up(&mut catchup, &mut steps).await {
@@ -471,6 +482,16 @@ fn encode(step: &Step) -> WsMessage {
                 .unwrap_or_else(|_| Utf8Bytes::from_static("{}")),
         ),
         Step::Gap(c) => frame(serde_json::json!({"type": "gap", "channel": c.as_str()})),
+        Step::Presence(e) => {
+            let mut body = e.body();
+            body["type"] = e.kind.as_str().into();
+            frame(body)
+        }
+        Step::Unsubscribed(c) => frame(serde_json::json!({
+            "type": "unsubscribed", "channels": [c.as_str()], "reason": "server"
+        })),
+        // Sent by `subscribe` once the frames before it are written.
+        Step::Subscribe(_) => frame(serde_json::Value::Null),
     }
 }
 
@@ -480,13 +501,20 @@ async fn write_batch(
     batch: &mut Vec<crate::outbox::Item>,
 ) -> Result<(), axum::Error> {
     let mut frames = Vec::with_capacity(batch.len());
-    deliver::live(session, Protocol::WebSocket, batch, |_, step| {
-        frames.push(encode(step));
+    let mut added = Vec::new();
+    deliver::live(session, Protocol::WebSocket, batch, |_, step| match step {
+        Step::Subscribe(c) => added.push(c.clone()),
+        step => frames.push(encode(step)),
     });
     for f in frames {
         socket.feed(f).await?;
     }
-    socket.flush().await
+    socket.flush().await?;
+    if !added.is_empty() {
+        // The operator added channels (from now): the same answer as a client's subscribe.
+        Box::pin(subscribe(socket, session, &added, &Since::Now, true)).await?;
+    }
+    Ok(())
 }
 
 /// Registers and upgrades; `reg` was admitted by the caller.

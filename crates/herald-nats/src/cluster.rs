@@ -463,6 +463,29 @@ impl Cluster for NatsCluster {
             .map_err(|e| ClusterError::Unavailable(format!("bad drain reply: {e}")))?;
         Ok(reply.connections)
     }
+
+    // Interim, this node only: the cluster-wide versions land with the presence work.
+    async fn presence(
+        &self,
+        channel: &herald_core::ChannelName,
+    ) -> Result<herald_core::PresenceAnswer, ClusterError> {
+        Ok(herald_core::PresenceAnswer::merge([
+            herald_core::PresenceAnswer {
+                clients: self.inner.node.presence(channel),
+                missing_nodes: Vec::new(),
+            },
+        ]))
+    }
+
+    async fn act(
+        &self,
+        action: &herald_core::UserAction,
+    ) -> Result<herald_core::ActionAnswer, ClusterError> {
+        Ok(herald_core::ActionAnswer {
+            connections: self.inner.node.act(action)?,
+            missing_nodes: Vec::new(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -26,16 +26,22 @@ pub enum CloseReason {
     ProtocolError,
     /// The broker failed while serving it.
     BrokerError,
+    /// The operator disconnected its user (`Disconnect`).
+    Disconnected,
+    /// Its token or user was revoked.
+    Revoked,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::Drain,
         CloseReason::ProtocolError,
         CloseReason::BrokerError,
+        CloseReason::Disconnected,
+        CloseReason::Revoked,
     ];
 
     /// The label value.
@@ -46,13 +52,15 @@ impl CloseReason {
             CloseReason::Drain => "drain",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::BrokerError => "broker_error",
+            CloseReason::Disconnected => "disconnected",
+            CloseReason::Revoked => "revoked",
         }
     }
 }
 
 /// Requests refused by a limit or validation (the `reason` label of
 /// `herald_requests_refused_total`).
-pub const REFUSAL_REASONS: [&str; 12] = [
+pub const REFUSAL_REASONS: [&str; 13] = [
     "invalid_request",
     "header_timeout",
     "request_head_too_large",
@@ -61,6 +69,7 @@ pub const REFUSAL_REASONS: [&str; 12] = [
     "origin_forbidden",
     "rate_limited",
     "too_many_connections",
+    "too_many_connections_for_user",
     "too_many_channels",
     "message_too_large",
     "broker_unavailable",
@@ -69,7 +78,7 @@ pub const REFUSAL_REASONS: [&str; 12] = [
 
 /// The `herald.v1.Herald` methods (the `method` label of the gRPC families), each exported from
 /// start-up.
-pub const GRPC_METHODS: [&str; 8] = [
+pub const GRPC_METHODS: [&str; 15] = [
     "Publish",
     "Broadcast",
     "PublishStream",
@@ -78,6 +87,13 @@ pub const GRPC_METHODS: [&str; 8] = [
     "Stats",
     "WatchStats",
     "DrainNode",
+    "Presence",
+    "PresenceStats",
+    "Disconnect",
+    "Unsubscribe",
+    "Subscribe",
+    "RevokeToken",
+    "RevokeUser",
 ];
 
 /// Latency buckets (seconds) for delivery and publish histograms: 100 µs to 10 s.

@@ -76,6 +76,10 @@ pub(crate) struct NamespaceSettings {
     /// Oldest message a client may resume to, e.g. 1m (at most HERALD_HISTORY_TTL).
     #[serde(with = "humantime_serde")]
     pub(crate) history_ttl: Option<Duration>,
+    /// `Presence` and `PresenceStats` answer for its channels [default: false].
+    pub(crate) presence: Option<bool>,
+    /// Subscribers of its channels get join/leave events [default: false].
+    pub(crate) join_leave: Option<bool>,
 }
 
 /// Every setting of `herald serve`, each optional so flags, env and file can be layered.
@@ -163,6 +167,13 @@ pub(crate) struct Settings {
     /// Channels per connection [default: 100].
     #[arg(long, env = "HERALD_MAX_CHANNELS_PER_CONNECTION")]
     pub(crate) max_channels_per_connection: Option<usize>,
+    /// Held connections (WebSocket, SSE, long-poll) one user may have on this node; 0 for no
+    /// limit [default: 0].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
+    pub(crate) max_connections_per_user: Option<usize>,
+    /// Revocations (RevokeToken, RevokeUser) held at once [default: 100000].
+    #[arg(long, env = "HERALD_MAX_REVOCATIONS")]
+    pub(crate) max_revocations: Option<usize>,
     /// Origins allowed by CORS on /sse and /poll, comma-separated; * for any [default: *].
     #[arg(long, env = "HERALD_CORS_ORIGINS")]
     pub(crate) cors_origins: Option<String>,
@@ -294,7 +305,7 @@ impl Settings {
             nats_stream, nats_replicas, nats_storage, nats_live_interest, nats_user, nats_password, nats_token,
             nats_creds, nats_ca, nats_tls,
             history_size, history_ttl, max_message_bytes, outbox_bytes, recent_cache_bytes, fanout_shard_min, max_connections,
-            max_channels_per_connection, cors_origins, disabled_transports, sse_heartbeat, sse_retry,
+            max_channels_per_connection, max_connections_per_user, max_revocations, cors_origins, disabled_transports, sse_heartbeat, sse_retry,
             ws_ping_interval, drain_timeout, drain_rate, log, log_format, api_keys,
             api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval, auth_hmac_secret,
             auth_jwks_file, auth_issuer, auth_audience, auth_leeway, anonymous, namespaces,
@@ -400,6 +411,8 @@ fn policy(s: &Settings, history: &HistoryLimits) -> anyhow::Result<herald_auth::
             anonymous: ns.anonymous.unwrap_or(anonymous),
             history_size: ns.history_size,
             history_ttl: ns.history_ttl,
+            presence: ns.presence.unwrap_or(false),
+            join_leave: ns.join_leave.unwrap_or(false),
         };
         namespaces.insert(name, rule);
     }
@@ -515,6 +528,14 @@ impl Config {
             edge.poll_client_window = w;
         }
         edge.policy = Arc::new(policy(&s, &history)?);
+        control.policy = edge.policy.clone();
+        edge.max_connections_per_user = s.max_connections_per_user.unwrap_or(0);
+        if let Some(v) = s.max_revocations {
+            if v == 0 {
+                bail!("HERALD_MAX_REVOCATIONS must be at least 1");
+            }
+            edge.max_revocations = v;
+        }
         if let Some(list) = &s.disabled_transports {
             for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 if !EdgeConfig::TRANSPORTS.contains(&t) {
@@ -654,6 +675,7 @@ impl Config {
         if node_id.is_empty() || node_id.len() > 128 {
             bail!("HERALD_NODE_ID must be 1 to 128 characters");
         }
+        edge.node_id = node_id.clone();
         Ok(Self {
             http_addr: s.http_addr.unwrap_or_else(|| parse_addr(DEFAULT_HTTP_ADDR)),
             grpc_addr,

@@ -43,6 +43,19 @@ enum Command {
     Subscribe(cli::subscribe::SubscribeArgs),
     /// Mint an HS256 client token (development): herald token --sub u1 --channel 'chat:*'.
     Token(cli::token::TokenArgs),
+    /// List a channel's clients (or count them with --stats), cluster-wide.
+    Presence(cli::users::PresenceArgs),
+    /// End every connection of a user on every node.
+    Disconnect(cli::users::DisconnectArgs),
+    /// Add a channel (from now) to every WebSocket and SSE connection of a user.
+    SubscribeUser(cli::users::UserChannelArgs),
+    /// Remove a channel from every WebSocket and SSE connection of a user.
+    #[command(alias = "unsubscribe")]
+    UnsubscribeUser(cli::users::UserChannelArgs),
+    /// Refuse a token (by its jti) on every node and end connections holding it.
+    RevokeToken(cli::users::RevokeTokenArgs),
+    /// Refuse a user's tokens issued before a time on every node and end their connections.
+    RevokeUser(cli::users::RevokeUserArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +81,12 @@ fn main() -> std::process::ExitCode {
             Command::Drain(a) => cli::query::drain(a).await,
             Command::Subscribe(a) => cli::subscribe::subscribe(a).await,
             Command::Token(a) => cli::token::token(a),
+            Command::Presence(a) => cli::users::presence(a).await,
+            Command::Disconnect(a) => cli::users::disconnect(a).await,
+            Command::SubscribeUser(a) => cli::users::subscribe_user(a).await,
+            Command::UnsubscribeUser(a) => cli::users::unsubscribe_user(a).await,
+            Command::RevokeToken(a) => cli::users::revoke_token(a).await,
+            Command::RevokeUser(a) => cli::users::revoke_user(a).await,
         }
     });
     match result {

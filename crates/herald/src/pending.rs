@@ -174,6 +174,20 @@ impl Cluster for PendingCluster {
     async fn drain(&self, node_id: &str, rate: Option<usize>) -> Result<u64, ClusterError> {
         self.current().drain(node_id, rate).await
     }
+
+    async fn presence(
+        &self,
+        channel: &herald_core::ChannelName,
+    ) -> Result<herald_core::PresenceAnswer, ClusterError> {
+        self.current().presence(channel).await
+    }
+
+    async fn act(
+        &self,
+        action: &herald_core::UserAction,
+    ) -> Result<herald_core::ActionAnswer, ClusterError> {
+        self.current().act(action).await
+    }
 }
 
 #[cfg(test)]

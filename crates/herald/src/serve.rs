@@ -5,7 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use herald_control::HeraldService;
-use herald_core::{Broker, ChannelName, Cluster, LocalCluster, LocalNode, MemoryBroker, NodeStats};
+use herald_core::{
+    Broker, ChannelName, Cluster, ClusterError, LocalCluster, LocalNode, MemoryBroker, NodeStats,
+    PresenceEntry, PresenceEvent, RevocationError, UserAction,
+};
 use herald_edge::Edge;
 use herald_nats::{NatsBroker, NatsCluster, NatsClusterConfig};
 use herald_telemetry::Metrics;
@@ -56,6 +59,25 @@ impl LocalNode for Node {
         );
         tokio::spawn(async move { edge.drain(rate).await });
         held
+    }
+
+    fn presence(&self, channel: &ChannelName) -> Vec<PresenceEntry> {
+        self.edge.presence(channel)
+    }
+
+    fn act(&self, action: &UserAction) -> Result<u64, ClusterError> {
+        self.edge.act(action).map_err(|e| match e {
+            RevocationError::Full(_) => ClusterError::Exhausted(e.to_string()),
+            RevocationError::Invalid(_) => ClusterError::Refused(e.to_string()),
+        })
+    }
+
+    fn deliver_event(&self, event: &PresenceEvent) {
+        self.edge.deliver_event(event);
+    }
+
+    fn take_events(&self) -> Option<tokio::sync::mpsc::Receiver<PresenceEvent>> {
+        self.edge.take_events()
     }
 }
 

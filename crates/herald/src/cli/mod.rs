@@ -5,6 +5,7 @@ pub(crate) mod publish;
 pub(crate) mod query;
 pub(crate) mod subscribe;
 pub(crate) mod token;
+pub(crate) mod users;
 
 use std::path::PathBuf;
 

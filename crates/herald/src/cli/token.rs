@@ -26,6 +26,12 @@ pub(crate) struct TokenArgs {
     /// `aud` claim.
     #[arg(long, env = "HERALD_AUTH_AUDIENCE")]
     audience: Option<String>,
+    /// `jti` claim: the token's id, which `herald revoke-token` names.
+    #[arg(long)]
+    jti: Option<String>,
+    /// `info` claim: JSON shown in presence and join/leave events (at most 1024 bytes).
+    #[arg(long)]
+    info: Option<String>,
 }
 
 /// Prints the token on stdout.
@@ -37,6 +43,19 @@ pub(crate) fn token(a: TokenArgs) -> anyhow::Result<()> {
     if a.ttl.is_zero() {
         bail!("--ttl must be more than 0");
     }
+    let info = match &a.info {
+        None => None,
+        Some(text) => {
+            let v: serde_json::Value = serde_json::from_str(text).context("--info must be JSON")?;
+            if v.to_string().len() > herald_auth::MAX_INFO_BYTES {
+                bail!(
+                    "--info is more than {} bytes as compact JSON",
+                    herald_auth::MAX_INFO_BYTES
+                );
+            }
+            Some(v)
+        }
+    };
     let now = herald_auth::now_secs();
     let claims = herald_auth::MintClaims {
         sub: a.sub,
@@ -46,6 +65,8 @@ pub(crate) fn token(a: TokenArgs) -> anyhow::Result<()> {
         nbf: None,
         iss: a.issuer,
         aud: a.audience,
+        jti: a.jti,
+        info,
     };
     let token = herald_auth::mint_hs256(secret.as_bytes(), &claims)
         .context("signing with --secret / HERALD_AUTH_HMAC_SECRET")?;
