@@ -80,6 +80,46 @@ pub enum Event {
         /// Why (`draining`, `closed`, an error).
         reason: String,
     },
+    /// A client joined or left a channel (namespaces with join/leave events; not stored,
+    /// not replayed on resume).
+    Presence {
+        /// `join` or `leave`.
+        kind: String,
+        /// The channel.
+        channel: String,
+        /// The client id.
+        client: String,
+        /// The user (empty: anonymous).
+        user: String,
+        /// The token's `info` claim, `null` without one.
+        info: serde_json::Value,
+    },
+    /// The operator subscribed this user to channels (from now); they are resumed on
+    /// reconnects like the others.
+    ServerSubscribed {
+        /// The channels added.
+        channels: Vec<String>,
+        /// The node's current cursor.
+        cursor: Option<String>,
+    },
+    /// Channels were removed by the server (`reason`: `server` for the operator,
+    /// `channel_forbidden` after a refresh); they are not resubscribed.
+    Unsubscribed {
+        /// The channels removed.
+        channels: Vec<String>,
+        /// Why.
+        reason: String,
+    },
+    /// The operator disconnected this user and said not to reconnect, or the token was
+    /// revoked (`code`: `disconnected`, `token_revoked`). The subscription has ended: the
+    /// next read returns [`ClientError::Ended`]. (A disconnect that allows reconnecting shows
+    /// as [`Event::Reconnecting`] with reason `disconnected`.)
+    Ended {
+        /// `disconnected` or `token_revoked`.
+        code: String,
+        /// The operator's words, if any.
+        reason: String,
+    },
     /// The server reported an error that does not end the subscription.
     Error {
         /// Machine-readable code.
@@ -103,6 +143,9 @@ pub enum ClientError {
     /// Network or protocol failure (reconnection is attempted only when enabled).
     #[error("{0}")]
     Transport(String),
+    /// The server ended the subscription for good ([`Event::Ended`] said why).
+    #[error("ended by the server: {0}")]
+    Ended(String),
 }
 
 /// How to subscribe.
@@ -122,6 +165,8 @@ pub struct SubscribeOptions {
     pub poll_interval: Duration,
     /// Reconnect (with resume) after a drain or a broken connection instead of failing.
     pub reconnect: bool,
+    /// A client token (sent as `?token=`), for namespaces that require one.
+    pub token: Option<String>,
 }
 
 impl SubscribeOptions {
@@ -134,6 +179,7 @@ impl SubscribeOptions {
             since: None,
             wait_secs: 25,
             poll_interval: Duration::from_secs(1),
+            token: None,
             reconnect: true,
         }
     }
@@ -168,6 +214,8 @@ pub struct Subscriber {
     queue: VecDeque<Event>,
     /// Consecutive failed connection attempts (for backoff).
     failures: u32,
+    /// Set once the server ended the subscription for good.
+    ended: Option<String>,
 }
 
 impl Subscriber {
@@ -193,6 +241,7 @@ impl Subscriber {
             url: 0,
             queue: VecDeque::new(),
             failures: 0,
+            ended: None,
         }
     }
 
@@ -229,6 +278,9 @@ impl Subscriber {
         if let Some(w) = wait {
             q.append_pair("wait", &w.to_string());
         }
+        if let Some(t) = &self.opts.token {
+            q.append_pair("token", t);
+        }
         q.finish()
     }
 
@@ -246,6 +298,33 @@ impl Subscriber {
 
     fn deliver(&mut self, event: Event) -> Event {
         match &event {
+            Event::ServerSubscribed { channels, cursor } => {
+                let at = cursor.as_deref().and_then(|c| c.parse::<Cursor>().ok());
+                for c in channels {
+                    if let Ok(name) = ChannelName::new(c)
+                        && !self.channels.contains(&name)
+                    {
+                        self.channels.push(name.clone());
+                        self.opts.channels.push(c.clone());
+                        if let Some(at) = at {
+                            self.positions.insert(name, at);
+                        }
+                    }
+                }
+            }
+            Event::Unsubscribed { channels, .. } => {
+                self.channels
+                    .retain(|c| !channels.iter().any(|x| x == c.as_str()));
+                self.opts.channels.retain(|c| !channels.contains(c));
+                self.positions
+                    .retain(|c, _| !channels.iter().any(|x| x == c.as_str()));
+                // The stream's last id covered the old set: resume from positions instead.
+                self.sse_id = None;
+            }
+            Event::Ended { code, .. } => {
+                self.ended = Some(code.clone());
+                self.conn = Conn::None;
+            }
             Event::Message(m) => {
                 if let (Ok(c), Ok(id)) = (ChannelName::new(&m.channel), m.id.parse::<Cursor>()) {
                     self.positions.insert(c, id);
@@ -268,6 +347,9 @@ impl Subscriber {
     /// The next event. Reconnects (after an `Event::Reconnecting`) when enabled.
     pub async fn next(&mut self) -> Result<Event, ClientError> {
         loop {
+            if let Some(code) = &self.ended {
+                return Err(ClientError::Ended(code.clone()));
+            }
             if let Some(e) = self.queue.pop_front() {
                 return Ok(self.deliver(e));
             }
@@ -345,6 +427,11 @@ impl Subscriber {
         }
         if status >= 400 {
             let body = resp.text().await.unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let code = v["error"]["code"].as_str().unwrap_or("");
+            if status == 409 && code == "disconnected" && v["error"]["reconnect"] == true {
+                return Err(ClientError::Transport("disconnected".into()));
+            }
             return Err(ClientError::Refused { status, body });
         }
         Ok(resp)
@@ -369,10 +456,28 @@ impl Subscriber {
                                 })?;
                                 return Ok(Some(Event::Message(m)));
                             }
+                            "subscribed" if v["server"] == true => {
+                                return Ok(Some(Event::ServerSubscribed {
+                                    channels: strings(&v["channels"]),
+                                    cursor: v["cursor"].as_str().map(str::to_owned),
+                                }));
+                            }
                             "subscribed" => {
                                 return Ok(Some(Event::Subscribed {
                                     cursor: v["cursor"].as_str().map(str::to_owned),
                                 }));
+                            }
+                            "join" | "leave" | "unsubscribed" | "disconnect" => {
+                                match server_event(v["type"].as_str().unwrap_or(""), &v) {
+                                    Ok(e) => return Ok(e),
+                                    Err(e) => {
+                                        let _ = SinkExt::close(ws).await;
+                                        return Err(e);
+                                    }
+                                }
+                            }
+                            "error" if v["code"] == "token_revoked" => {
+                                return Ok(Some(ended("token_revoked", &v)));
                             }
                             "gap" => {
                                 return Ok(Some(Event::Gap {
@@ -493,6 +598,48 @@ impl Subscriber {
     }
 }
 
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ended(code: &str, v: &serde_json::Value) -> Event {
+    Event::Ended {
+        code: code.to_owned(),
+        reason: v["reason"].as_str().unwrap_or("").to_owned(),
+    }
+}
+
+/// Join/leave, a server-side unsubscribe, or a disconnect, as WebSocket frames and SSE
+/// events both carry them. A disconnect that allows reconnecting is a transport loss (the
+/// subscriber reconnects and resumes).
+fn server_event(kind: &str, v: &serde_json::Value) -> Result<Option<Event>, ClientError> {
+    let text = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    Ok(Some(match kind {
+        "join" | "leave" => Event::Presence {
+            kind: kind.to_owned(),
+            channel: text("channel"),
+            client: text("client"),
+            user: text("user"),
+            info: v["info"].clone(),
+        },
+        "unsubscribed" => Event::Unsubscribed {
+            channels: strings(&v["channels"]),
+            reason: text("reason"),
+        },
+        "disconnect" if v["reconnect"] == true => {
+            return Err(ClientError::Transport("disconnected".into()));
+        }
+        "disconnect" => ended("disconnected", v),
+        _ => return Ok(None),
+    }))
+}
+
 /// End of the first complete SSE event in `buf`: (end of its text, end including the blank
 /// line).
 fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
@@ -531,17 +678,25 @@ fn parse_sse(block: &str) -> Result<(Option<Event>, Option<String>), ClientError
             serde_json::from_value(v)
                 .map_err(|e| ClientError::Transport(format!("bad SSE message: {e}")))?,
         ),
+        "subscribed" if v["server"] == true => Event::ServerSubscribed {
+            channels: strings(&v["channels"]),
+            cursor: v["cursor"].as_str().map(str::to_owned),
+        },
         "subscribed" => Event::Subscribed {
             cursor: v["cursor"].as_str().map(str::to_owned),
         },
         "gap" => Event::Gap {
             channel: v["channel"].as_str().unwrap_or("").to_owned(),
         },
+        "join" | "leave" | "unsubscribed" | "disconnect" => {
+            return Ok((server_event(event, &v)?, id));
+        }
         "reconnect" => {
             return Err(ClientError::Transport(
                 v["reason"].as_str().unwrap_or("reconnect").to_owned(),
             ));
         }
+        "error" if v["code"] == "token_revoked" => ended("token_revoked", &v),
         "error" => {
             let code = v["code"].as_str().unwrap_or("").to_owned();
             return Err(ClientError::Transport(format!(
@@ -569,6 +724,20 @@ mod tests {
         assert_eq!(parse_sse(": heartbeat").unwrap(), (None, None));
         assert_eq!(parse_sse("retry: 2000").unwrap(), (None, None));
         assert!(parse_sse("event: reconnect\ndata: {\"reason\":\"draining\"}").is_err());
+        let (e, _) = parse_sse(
+            "event: join\ndata: {\"channel\":\"room:1\",\"client\":\"c1\",\"user\":\"ann\",\"info\":{\"n\":1}}",
+        )
+        .unwrap();
+        assert!(
+            matches!(&e, Some(Event::Presence { kind, user, info, .. })
+                if kind == "join" && user == "ann" && info["n"] == 1),
+            "{e:?}"
+        );
+        assert!(parse_sse("event: disconnect\ndata: {\"reconnect\":true}").is_err());
+        assert!(matches!(
+            parse_sse("event: disconnect\ndata: {\"reconnect\":false,\"reason\":\"x\"}").unwrap().0,
+            Some(Event::Ended { code, reason }) if code == "disconnected" && reason == "x"
+        ));
         assert_eq!(find_event_end(b"a\n\nb"), Some((1, 3)));
     }
 }

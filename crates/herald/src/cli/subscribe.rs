@@ -38,6 +38,9 @@ pub(crate) struct SubscribeArgs {
     /// Print subscribed/reconnecting events too (as JSON lines on stderr).
     #[arg(long, short)]
     verbose: bool,
+    /// Client token (a JWT, e.g. from `herald token`), for namespaces that require one.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 pub(crate) async fn subscribe(a: SubscribeArgs) -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ pub(crate) async fn subscribe(a: SubscribeArgs) -> anyhow::Result<()> {
     opts.since = a.since;
     opts.wait_secs = a.wait.clamp(1, 60);
     opts.poll_interval = a.poll_interval;
+    opts.token = a.token;
     let mut sub = Subscriber::new(opts);
     let mut seen = 0u64;
     let stdout = std::io::stdout();
@@ -76,6 +80,26 @@ pub(crate) async fn subscribe(a: SubscribeArgs) -> anyhow::Result<()> {
                     );
                 }
                 continue;
+            }
+            Event::Presence {
+                kind,
+                channel,
+                client,
+                user,
+                info,
+            } => serde_json::json!({"type": kind, "channel": channel, "client": client,
+                "user": user, "info": info}),
+            Event::ServerSubscribed { channels, cursor } => serde_json::json!({
+                "type": "subscribed", "channels": channels, "cursor": cursor, "server": true}),
+            Event::Unsubscribed { channels, reason } => {
+                serde_json::json!({"type": "unsubscribed", "channels": channels, "reason": reason})
+            }
+            Event::Ended { code, reason } => {
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "ended", "code": code, "reason": reason})
+                );
+                anyhow::bail!("the server ended the subscription: {code}");
             }
             Event::Error { code, message } => {
                 eprintln!(
