@@ -407,6 +407,13 @@ async fn join_and_leave_events_reach_the_other_nodes_in_order() {
             n.node.delivered().len() >= sent.len()
         })
         .await;
+        let clients = |v: &[PresenceEvent]| v.iter().map(|e| e.client.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            clients(&n.node.delivered()),
+            clients(&sent),
+            "node {}: order",
+            n.node.id
+        );
         assert_eq!(n.node.delivered(), sent, "node {}", n.node.id);
     }
     // An event without a node is named after its sender, so the sender still skips it.
