@@ -8,28 +8,49 @@
 //!   reply inbox; every node answers with its own channels; the asker waits for the nodes it
 //!   knows (or a timeout) and sums.
 //! - `P.ctl.drain.<id>`: request/reply to one node.
+//! - `P.ctl.presence`: scatter-gather like `P.ctl.channels`. The asker publishes
+//!   `{from, channel}`; every other node answers `{node_id, clients}` with the WebSocket and SSE
+//!   connections it holds on the channel; the asker joins them with its own.
+//! - `P.ctl.act`: scatter-gather of an operator's action on a user. The asker publishes
+//!   `{from, action, stored}` (`action`: the [`UserAction`] as JSON; `stored`: for a revocation,
+//!   its sequence in the revocation stream); every other node applies it and answers
+//!   `{node_id, connections}` or `{node_id, error}`; the asker sums the counts with its own. A
+//!   revocation is stored first (module `revocations`: stream `<stream>_REVOCATIONS` on
+//!   `P.revoked.>`, read by every node at start and after every reconnect, then followed live),
+//!   so nodes that are down or cut off learn it when they come back.
+//! - `P.ctl.event`: every join/leave of this node's clients ([`PresenceEvent`] as JSON), fire
+//!   and forget on core NATS, published by one task in the order the node queued them (dropped
+//!   and counted while disconnected); every node hands the other nodes' events to its own
+//!   subscribers.
 //!
 //! `<id>` is the node id encoded as one subject token: `[A-Za-z0-9_-]` kept, every other
 //! byte written `~XX` (hex), so an id can never act as a wildcard or span tokens.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::{
-    Broker, BrokerState, ChannelPattern, ChannelsAnswer, ChannelsQuery, Cluster, ClusterError,
-    LocalNode, MISSED_HEARTBEATS, NodeStats,
+    ActionAnswer, Broker, BrokerState, ChannelName, ChannelPattern, ChannelsAnswer, ChannelsQuery,
+    Cluster, ClusterError, LocalNode, MISSED_HEARTBEATS, NodeStats, PresenceAnswer, PresenceEntry,
+    PresenceEvent, UserAction,
 };
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::NatsBroker;
+use crate::{
+    NatsBroker,
+    revocations::{RevocationLog, now_secs},
+};
 
 /// Settings of [`NatsCluster`].
 #[derive(Debug, Clone)]
@@ -38,11 +59,17 @@ pub struct NatsClusterConfig {
     pub heartbeat_interval: Duration,
     /// How long a scatter-gather or a drain request waits for answers.
     pub request_timeout: Duration,
+    /// How long the revocation stream keeps a revocation (its `max_age`), and so the latest
+    /// `until` a revocation may have: one lasting longer would be forgotten by the stream
+    /// before it lapses, so [`Cluster::act`] refuses it.
+    pub revocation_max_age: Duration,
 }
 
 impl NatsClusterConfig {
     /// Default wait for answers of other nodes.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default retention of stored revocations: 30 days.
+    pub const DEFAULT_REVOCATION_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 }
 
 impl Default for NatsClusterConfig {
@@ -50,6 +77,7 @@ impl Default for NatsClusterConfig {
         Self {
             heartbeat_interval: herald_core::DEFAULT_HEARTBEAT_INTERVAL,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            revocation_max_age: Self::DEFAULT_REVOCATION_MAX_AGE,
         }
     }
 }
@@ -76,6 +104,63 @@ struct ChannelsAsk {
 struct ChannelsReply {
     node_id: String,
     answer: ChannelsAnswer,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PresenceAsk {
+    /// The asking node (it answers for itself).
+    from: String,
+    channel: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PresenceReply {
+    node_id: String,
+    clients: Vec<PresenceEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ActAsk {
+    /// The asking node (it applies the action itself, before asking).
+    from: String,
+    action: UserAction,
+    /// For a revocation: its sequence in the revocation stream (each node applies a stored
+    /// revocation once, whether the stream or this request brings it first).
+    #[serde(default)]
+    stored: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ActReply {
+    node_id: String,
+    #[serde(default)]
+    connections: u64,
+    /// Why the node could not apply the action.
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// A scatter-gather answer, from one node.
+trait NodeReply: DeserializeOwned {
+    fn node_id(&self) -> &str;
+}
+
+impl NodeReply for ChannelsReply {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+impl NodeReply for PresenceReply {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+impl NodeReply for ActReply {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,13 +194,17 @@ struct Inner {
     config: NatsClusterConfig,
     peers: Mutex<HashMap<String, Peer>>,
     changes: watch::Sender<u64>,
+    revocations: Arc<RevocationLog>,
+    /// Join/leave events of this node not relayed (NATS was away, or the publish failed).
+    dropped_events: AtomicU64,
 }
 
-/// The cluster of every node on one NATS deployment (same subject prefix). Runs a background
-/// task (heartbeats, answering peers) until dropped.
+/// The cluster of every node on one NATS deployment (same subject prefix). Runs background
+/// tasks (heartbeats and answering peers, relaying join/leave events, following revocations)
+/// until dropped.
 pub struct NatsCluster {
     inner: Arc<Inner>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Encodes a node id as one subject token (see the module docs).
@@ -136,26 +225,60 @@ pub fn node_token(id: &str) -> String {
 
 impl NatsCluster {
     /// Starts heartbeats and answering peers for `node` over `broker`'s connection (following
-    /// its reconnects). Must be called inside a tokio runtime.
+    /// its reconnects), relays the node's join/leave events (it takes the node's receiver:
+    /// [`LocalNode::take_events`]) and applies the stored revocations, then new ones as they
+    /// come. Must be called inside a tokio runtime.
     pub fn new(broker: &NatsBroker, node: Arc<dyn LocalNode>, config: NatsClusterConfig) -> Self {
         let local_id = node.stats().node_id;
+        let revocations = Arc::new(RevocationLog::new(broker, config.revocation_max_age));
+        let events = node.take_events();
+        if events.is_none() {
+            warn!("the node's join/leave events were already taken; they are not relayed");
+        }
         let inner = Arc::new(Inner {
             broker: broker.clone(),
             prefix: broker.config().subject_prefix.clone(),
-            node,
+            node: node.clone(),
             local_id,
             config,
             peers: Mutex::new(HashMap::new()),
             changes: watch::Sender::new(0),
+            revocations: revocations.clone(),
+            dropped_events: AtomicU64::new(0),
         });
-        let task = tokio::spawn(run(inner.clone()));
-        Self { inner, task }
+        let mut tasks = vec![
+            tokio::spawn(run(inner.clone())),
+            tokio::spawn(revocations.follow(broker.clone(), node)),
+        ];
+        if let Some(events) = events {
+            tasks.push(tokio::spawn(relay_events(inner.clone(), events)));
+        }
+        Self { inner, tasks }
+    }
+
+    /// Join/leave events of this node that were not relayed to the others (NATS was away or
+    /// the publish failed), since start (for metrics).
+    pub fn dropped_events(&self) -> u64 {
+        self.inner.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Becomes `true` once the revocations stored when this node first connected have been
+    /// applied (readiness: until then a revoked token may still be accepted here).
+    pub fn revocations_loaded(&self) -> watch::Receiver<bool> {
+        self.inner.revocations.loaded()
+    }
+
+    /// The JetStream stream holding the cluster's revocations (`<stream>_REVOCATIONS`).
+    pub fn revocation_stream(&self) -> &str {
+        self.inner.revocations.stream_name()
     }
 
     /// Tells the other nodes this one is leaving (so they drop it at once) and stops
     /// heartbeats. Best effort: a node that dies is dropped after missed heartbeats instead.
     pub async fn leave(&self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         if let Some(client) = self.inner.broker.client() {
             let hb = self.inner.heartbeat(true);
             let _ = client.publish(self.inner.node_subject(), hb).await;
@@ -166,7 +289,9 @@ impl NatsCluster {
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -251,6 +376,104 @@ impl Inner {
             .map(|(id, _)| id.clone())
             .collect()
     }
+
+    fn ctl_subject(&self, what: &str) -> String {
+        format!("{}.ctl.{what}", self.prefix)
+    }
+
+    /// This node's clients of `channel`, each naming this node.
+    fn local_presence(&self, channel: &ChannelName) -> Vec<PresenceEntry> {
+        let mut clients = self.node.presence(channel);
+        for c in &mut clients {
+            if c.node.is_empty() {
+                c.node.clone_from(&self.local_id);
+            }
+        }
+        clients
+    }
+
+    /// Applies an action asked over `P.ctl.act` (or by this node itself) here.
+    fn act_here(&self, ask: &ActAsk) -> Result<u64, ClusterError> {
+        match (&ask.action, ask.stored) {
+            (UserAction::Revoke(r), Some(seq)) => self.revocations.apply(&*self.node, seq, r),
+            (action, _) => self.node.act(action),
+        }
+    }
+
+    /// Publishes `body` on `subject` with a reply inbox and collects one answer per node until
+    /// every node of `expected` answered or the request timeout passed. Returns the answers
+    /// (this node's own excluded, at most one per node; nodes not yet in `expected` included if
+    /// they answer in time) and the expected nodes that did not answer, sorted. Without a
+    /// connection nothing is sent and every expected node is missing; with no expected node
+    /// nothing is sent unless `always_send` (an action must reach a node whose first heartbeat
+    /// is still on its way).
+    async fn gather<R: NodeReply>(
+        &self,
+        subject: String,
+        body: Vec<u8>,
+        mut expected: HashSet<String>,
+        always_send: bool,
+    ) -> Result<(Vec<R>, Vec<String>), ClusterError> {
+        let missing = |expected: HashSet<String>| {
+            let mut missing: Vec<String> = expected.into_iter().collect();
+            missing.sort();
+            missing
+        };
+        if expected.is_empty() && !always_send {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let Some(client) = self.broker.client() else {
+            return Ok((Vec::new(), missing(expected)));
+        };
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        client
+            .publish_with_reply(subject, inbox, body.into())
+            .await
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let _ = client.flush().await;
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut seen = HashSet::new();
+        let mut parts = Vec::new();
+        while !expected.is_empty() {
+            let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await else {
+                break;
+            };
+            let Ok(reply) = serde_json::from_slice::<R>(&m.payload) else {
+                continue;
+            };
+            let id = reply.node_id();
+            if id == self.local_id || !seen.insert(id.to_owned()) {
+                continue;
+            }
+            expected.remove(id);
+            parts.push(reply);
+        }
+        let _ = replies.unsubscribe().await;
+        Ok((parts, missing(expected)))
+    }
+}
+
+/// Publishes this node's join/leave events on `P.ctl.event`, in the order the node queued
+/// them; while NATS is away they are dropped (and counted): they are ephemeral by contract.
+async fn relay_events(inner: Arc<Inner>, mut events: mpsc::Receiver<PresenceEvent>) {
+    let subject = inner.ctl_subject("event");
+    while let Some(mut event) = events.recv().await {
+        if event.node.is_empty() {
+            event.node.clone_from(&inner.local_id);
+        }
+        let sent = match (inner.broker.client(), serde_json::to_vec(&event)) {
+            (Some(client), Ok(body)) => client.publish(subject.clone(), body.into()).await.is_ok(),
+            _ => false,
+        };
+        if !sent {
+            inner.dropped_events.fetch_add(1, Ordering::Relaxed);
+            debug!(channel = %event.channel, "join/leave event not relayed: not connected to NATS");
+        }
+    }
 }
 
 /// Heartbeats and answers, following the broker's connection.
@@ -289,10 +512,22 @@ async fn run(inner: Arc<Inner>) {
                 ))
                 .await
                 .map_err(e)?;
+            let pr = client
+                .subscribe(inner.ctl_subject("presence"))
+                .await
+                .map_err(e)?;
+            let act = client
+                .subscribe(inner.ctl_subject("act"))
+                .await
+                .map_err(e)?;
+            let ev = client
+                .subscribe(inner.ctl_subject("event"))
+                .await
+                .map_err(e)?;
             client.flush().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((hb, ch, dr))
+            Ok::<_, String>((hb, ch, dr, pr, act, ev))
         };
-        let (mut hb, mut ch, mut dr) = match subs.await {
+        let (mut hb, mut ch, mut dr, mut pr, mut act, mut ev) = match subs.await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "cluster subscriptions failed; retrying");
@@ -343,6 +578,56 @@ async fn run(inner: Arc<Inner>) {
                     }
                     None => break,
                 },
+                m = pr.next() => match m {
+                    Some(m) => {
+                        let Some(reply) = m.reply else { continue };
+                        let Ok(ask) = serde_json::from_slice::<PresenceAsk>(&m.payload) else { continue };
+                        if ask.from == inner.local_id { continue }
+                        let Ok(channel) = ChannelName::new(&ask.channel) else { continue };
+                        let body = PresenceReply {
+                            node_id: inner.local_id.clone(),
+                            clients: inner.local_presence(&channel),
+                        };
+                        let clients = body.clients.len();
+                        if let Ok(body) = serde_json::to_vec(&body)
+                            && let Err(error) = client.publish(reply, body.into()).await
+                        {
+                            // Most likely more than the server's max_payload: the asker lists
+                            // this node as missing.
+                            warn!(%error, clients, channel = %channel, "presence answer not sent");
+                        }
+                    }
+                    None => break,
+                },
+                m = act.next() => match m {
+                    Some(m) => {
+                        let Ok(ask) = serde_json::from_slice::<ActAsk>(&m.payload) else {
+                            debug!("ignoring a malformed action");
+                            continue;
+                        };
+                        if ask.from == inner.local_id { continue }
+                        let body = match inner.act_here(&ask) {
+                            Ok(connections) => ActReply { node_id: inner.local_id.clone(), connections, error: None },
+                            Err(e) => {
+                                warn!(error = %e, action = ?ask.action, "action from node {} not applied", ask.from);
+                                ActReply { node_id: inner.local_id.clone(), connections: 0, error: Some(e.to_string()) }
+                            }
+                        };
+                        let Some(reply) = m.reply else { continue };
+                        if let Ok(body) = serde_json::to_vec(&body) {
+                            let _ = client.publish(reply, body.into()).await;
+                        }
+                    }
+                    None => break,
+                },
+                m = ev.next() => match m {
+                    Some(m) => match serde_json::from_slice::<PresenceEvent>(&m.payload) {
+                        Ok(event) if event.node != inner.local_id => inner.node.deliver_event(&event),
+                        Ok(_) => {}
+                        Err(_) => debug!("ignoring a malformed join/leave event"),
+                    },
+                    None => break,
+                },
                 r = state.changed() => {
                     if r.is_err() { return }
                     if *state.borrow() != BrokerState::Connected { break }
@@ -380,54 +665,22 @@ impl Cluster for NatsCluster {
     async fn channels(&self, query: &ChannelsQuery) -> Result<ChannelsAnswer, ClusterError> {
         let inner = &self.inner;
         let local = ChannelsAnswer::local(inner.node.channels(), query);
-        let mut expected = inner.live_peers();
-        if expected.is_empty() {
-            return Ok(local);
-        }
-        let mut parts = vec![local];
-        let Some(client) = inner.broker.client() else {
-            let mut missing: Vec<String> = expected.into_iter().collect();
-            missing.sort();
-            parts.push(ChannelsAnswer {
-                missing_nodes: missing,
-                ..Default::default()
-            });
-            return Ok(ChannelsAnswer::merge(parts, query.limit));
-        };
         let ask = ChannelsAsk {
             pattern: query.pattern.as_ref().map(|p| p.as_str().to_owned()),
             limit: query.limit,
         };
         let body =
             serde_json::to_vec(&ask).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let inbox = client.new_inbox();
-        let mut replies = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        client
-            .publish_with_reply(format!("{}.ctl.channels", inner.prefix), inbox, body.into())
-            .await
-            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let _ = client.flush().await;
-        let deadline = tokio::time::Instant::now() + inner.config.request_timeout;
-        let mut seen = HashSet::new();
-        while !expected.is_empty() {
-            let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await else {
-                break;
-            };
-            let Ok(reply) = serde_json::from_slice::<ChannelsReply>(&m.payload) else {
-                continue;
-            };
-            if reply.node_id == inner.local_id || !seen.insert(reply.node_id.clone()) {
-                continue;
-            }
-            expected.remove(&reply.node_id);
-            parts.push(reply.answer);
-        }
-        let _ = replies.unsubscribe().await;
-        let mut missing: Vec<String> = expected.into_iter().collect();
-        missing.sort();
+        let (replies, missing) = inner
+            .gather::<ChannelsReply>(
+                inner.ctl_subject("channels"),
+                body,
+                inner.live_peers(),
+                false,
+            )
+            .await?;
+        let mut parts = vec![local];
+        parts.extend(replies.into_iter().map(|r| r.answer));
         parts.push(ChannelsAnswer {
             missing_nodes: missing,
             ..Default::default()
@@ -464,26 +717,98 @@ impl Cluster for NatsCluster {
         Ok(reply.connections)
     }
 
-    // Interim, this node only: the cluster-wide versions land with the presence work.
-    async fn presence(
-        &self,
-        channel: &herald_core::ChannelName,
-    ) -> Result<herald_core::PresenceAnswer, ClusterError> {
-        Ok(herald_core::PresenceAnswer::merge([
-            herald_core::PresenceAnswer {
-                clients: self.inner.node.presence(channel),
-                missing_nodes: Vec::new(),
-            },
-        ]))
+    async fn presence(&self, channel: &ChannelName) -> Result<PresenceAnswer, ClusterError> {
+        let inner = &self.inner;
+        let local = PresenceAnswer {
+            clients: inner.local_presence(channel),
+            missing_nodes: Vec::new(),
+        };
+        let ask = PresenceAsk {
+            from: inner.local_id.clone(),
+            channel: channel.as_str().to_owned(),
+        };
+        let body =
+            serde_json::to_vec(&ask).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let (replies, missing) = inner
+            .gather::<PresenceReply>(
+                inner.ctl_subject("presence"),
+                body,
+                inner.live_peers(),
+                false,
+            )
+            .await?;
+        let mut parts = vec![local];
+        parts.extend(replies.into_iter().map(|r| PresenceAnswer {
+            clients: r.clients,
+            missing_nodes: Vec::new(),
+        }));
+        parts.push(PresenceAnswer {
+            clients: Vec::new(),
+            missing_nodes: missing,
+        });
+        Ok(PresenceAnswer::merge(parts))
     }
 
-    async fn act(
-        &self,
-        action: &herald_core::UserAction,
-    ) -> Result<herald_core::ActionAnswer, ClusterError> {
-        Ok(herald_core::ActionAnswer {
-            connections: self.inner.node.act(action)?,
-            missing_nodes: Vec::new(),
+    async fn act(&self, action: &UserAction) -> Result<ActionAnswer, ClusterError> {
+        let inner = &self.inner;
+        let mut ask = ActAsk {
+            from: inner.local_id.clone(),
+            action: action.clone(),
+            stored: None,
+        };
+        if let UserAction::Revoke(r) = action {
+            // Stored before any node applies it, so none can miss it: the nodes that do not
+            // answer now read it when they (re)connect.
+            let now = now_secs();
+            r.validate(now)
+                .map_err(|e| ClusterError::Refused(e.to_string()))?;
+            let max_age = inner.config.revocation_max_age.as_secs();
+            if r.until > now.saturating_add(max_age) {
+                return Err(ClusterError::Refused(format!(
+                    "until must be at most {max_age} s from now (revocations are stored that long)"
+                )));
+            }
+            let client = inner
+                .broker
+                .client()
+                .ok_or_else(|| ClusterError::Unavailable("not connected to NATS".into()))?;
+            let stored = inner.revocations.store(&client, r).await?;
+            ask.action = UserAction::Revoke(stored.revocation);
+            ask.stored = Some(stored.seq);
+        }
+        // This node first: an action it refuses is not sent to the others (a revocation is
+        // already stored by then, and the nodes with room apply it from the stream).
+        let mut connections = inner.act_here(&ask)?;
+        let expected = inner.live_peers();
+        let body =
+            serde_json::to_vec(&ask).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let (replies, mut missing_nodes) = match inner
+            .gather::<ActReply>(inner.ctl_subject("act"), body, expected.clone(), true)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // Applied here already: report the others as missing rather than fail.
+                warn!(error = %e, "action not sent to the other nodes");
+                let mut missing: Vec<String> = expected.into_iter().collect();
+                missing.sort();
+                (Vec::new(), missing)
+            }
+        };
+        for reply in replies {
+            match reply.error {
+                None => connections = connections.saturating_add(reply.connections),
+                // It answered but did not apply it: it is one of the nodes the action missed.
+                Some(error) => {
+                    warn!(node = %reply.node_id, %error, "a node refused the action");
+                    missing_nodes.push(reply.node_id);
+                }
+            }
+        }
+        missing_nodes.sort();
+        Ok(ActionAnswer {
+            connections,
+            missing_nodes,
         })
     }
 }

@@ -13,6 +13,9 @@
 //!   sequence a channel ever had, so a channel whose history fully expired still knows it. Each
 //!   node writes the newest sequence of each channel it published to once per 100 ms flush (not
 //!   once per publish: the tip only matters minutes later, once the channel fully expired).
+//! - Stream `<stream>_REVOCATIONS` captures `<prefix>.revoked.>` with one message per revoked
+//!   token or user (see [`NatsCluster`]): what every node reads at start and follows, so a
+//!   revocation reaches nodes that were away when it was made.
 //!
 //! # Exact gap detection
 //!
@@ -128,6 +131,7 @@ mod demux;
 mod error;
 mod history;
 mod live;
+mod revocations;
 mod shared;
 pub mod subject;
 #[cfg(feature = "testing")]
