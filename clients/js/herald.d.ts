@@ -52,6 +52,7 @@ export interface PresenceEvent<I = unknown> {
 export interface DisconnectEvent {
   /** `"disconnected"` (an operator's Disconnect) or `"token_revoked"`. */
   code: string;
+  /** The operator's reason, else the server's message. */
   reason?: string;
   /** True: the SDK reconnects and resumes at once. False: it stops for good (state `closed`). */
   reconnect: boolean;
@@ -68,7 +69,7 @@ export interface SubscribedEvent {
 /** The server removed channels from the connection; the SDK drops them from `channels`. */
 export interface UnsubscribedEvent {
   channels: string[];
-  /** `"server"`. */
+  /** `"server"` (the operator's Unsubscribe) or `"channel_forbidden"` (a refreshed token no longer grants them). */
   reason?: string;
 }
 

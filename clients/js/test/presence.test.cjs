@@ -1,11 +1,11 @@
 // Browser tests of the SDK's side of docs/presence.md: client ids, join/leave events, the
 // server's endings (Disconnect with and without reconnect, revoked tokens) and server-side
 // unsubscribe/subscribe. Debian's chromium, headless (playwright-core), against two real herald
-// nodes (HERALD_BIN) on a real nats-server: the page is on one node, the other client and the
-// CLI's gRPC calls on the other. Exits non-zero on any failure.
+// nodes (HERALD_BIN) on a real nats-server: the page on one node, the CLI's gRPC calls on the
+// same node, then other clients and the calls on the other node (the cluster-wide part).
+// Exits non-zero on any failure.
 //   NODE_PATH=<dir>/node_modules HERALD_BIN=target/debug/herald node clients/js/test/presence.test.cjs
 "use strict";
-const crypto = require("crypto");
 const fs = require("fs");
 const path = require("path");
 const { spawnSync } = require("child_process");
@@ -14,15 +14,16 @@ const { BIN, TMP, sleep, startNats, startNode, publish, test } = H;
 
 const SECRET = "presence-test-secret-0123456789abcdef";
 
-// Mints an HS256 client token the way an app backend would, with the claims of
-// docs/presence.md: `sub` (the user), `info` (shown in join/leave), `jti`, `iat`.
-const b64 = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
-function mint(user, info, ttl = 600) {
-  const now = Math.floor(Date.now() / 1000);
-  const claims = { sub: user, channels: ["*"], iat: now, exp: now + ttl, jti: crypto.randomUUID() };
-  if (info !== undefined) claims.info = info;
-  const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${head}.${crypto.createHmac("sha256", SECRET).update(head).digest("base64url")}`;
+// Mints a token the way an app backend would (here: `herald token`), with the claims of
+// docs/presence.md: `sub` (the user), `info` (shown in join/leave), `jti` (and `iat`).
+let jtis = 0;
+function mint(user, info) {
+  const jti = `jti-${user}-${++jtis}`;
+  const args = ["token", "--sub", user, "--channel", "*", "--ttl", "10m", "--jti", jti];
+  if (info !== undefined) args.push("--info", JSON.stringify(info));
+  const r = spawnSync(BIN, args, { env: { ...process.env, HERALD_AUTH_HMAC_SECRET: SECRET }, encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`herald token: ${r.stderr}`);
+  return r.stdout.trim();
 }
 
 // `herald <args> --grpc <node>`: the operator's calls of docs/presence.md.
@@ -135,9 +136,11 @@ H.main(280000, async () => {
     });
   }
 
-  for (const t of ["websocket", "sse"]) {
-    await test(`join/leave on ${t}: across nodes, with user and info, own join included, no position moved`, async () => {
-      const [room, quiet] = [`room:jl-${t}`, `quiet:jl-${t}`];
+  for (const [t, other] of [["websocket", "p1"], ["sse", "p1"], ["websocket", "p2"], ["sse", "p2"]]) {
+    const where = other === "p1" ? "same node" : "from the other node";
+    await test(`join/leave on ${t}, ${where}: with user and info, own join included, no position moved`, async () => {
+      const bobAt = other === "p1" ? p1 : p2;
+      const [room, quiet] = [`room:jl-${t}-${other}`, `quiet:jl-${t}-${other}`];
       const page = await newPage(p1);
       await sdk(page, "alice", p1.url, [room, quiet], { transports: [t], token: mint(`alice-${t}`, { name: "Alice" }) });
       await connected(page, "alice");
@@ -146,8 +149,8 @@ H.main(280000, async () => {
       const own = (await log(page, "alice", "join"))[0];
       same(own.detail, { channel: room, client: me, user: `alice-${t}`, info: { name: "Alice" } }, "alice's own join");
       const before = (await sub(page, "alice")).cursor;
-      // Bob: another client of another user, on the other node, over the same transport.
-      await sdk(page, "bob", p2.url, [room, quiet], { transports: [t], token: mint(`bob-${t}`, { name: "Bob" }) });
+      // Bob: another client of another user, over the same transport.
+      await sdk(page, "bob", bobAt.url, [room, quiet], { transports: [t], token: mint(`bob-${t}`, { name: "Bob" }) });
       await connected(page, "bob");
       const bob = (await sub(page, "bob")).clientId;
       expect(bob && bob !== me, `bob's clientId ${bob} (alice's ${me})`);
@@ -169,7 +172,7 @@ H.main(280000, async () => {
       same(s.cursor, before, "alice's position after join/leave events");
       same(s.state, "connected", "alice's state");
       // Messages still flow, exactly, after the ephemeral events.
-      publish(p2, room, vals(0, 3));
+      publish(bobAt, room, vals(0, 3));
       await until(page, "alice", (l) => l.filter((e) => e.type === "message").length >= 3, "3 messages");
       same(await msgs(page, "alice"), seq(room, 0, 3), "messages after join/leave");
     });
@@ -184,7 +187,7 @@ H.main(280000, async () => {
       if (t === "longpoll") await sleep(500); // the held request, after the first immediate one
       const kind = { websocket: "ws", sse: "sse", longpoll: "poll" }[t];
       const n = page.requests[kind].length;
-      const out = cli(p2, "disconnect", user, "--reason", "maintenance");
+      const out = cli(p1, "disconnect", user, "--reason", "maintenance");
       await until(page, "d", (l) => l.some((e) => e.type === "disconnect"), "a disconnect event");
       const [d] = await log(page, "d", "disconnect");
       same(d.detail, { code: "disconnected", reason: "maintenance", reconnect: false }, `disconnect event (CLI said ${out})`);
@@ -210,7 +213,7 @@ H.main(280000, async () => {
       publish(p1, ch, vals(0, 5));
       await until(page, "r", (l) => l.filter((e) => e.type === "message").length >= 5, "5 messages");
       if (t === "longpoll") await sleep(500);
-      cli(p2, "disconnect", user, "--reconnect");
+      cli(p1, "disconnect", user, "--reconnect");
       publish(p2, ch, vals(5, 10)); // while the SDK reconnects
       await until(page, "r", (l) => l.some((e) => e.type === "disconnect"), "a disconnect event");
       const [d] = await log(page, "r", "disconnect");
@@ -231,7 +234,7 @@ H.main(280000, async () => {
       const page = await newPage(p1);
       await sdk(page, "u", p1.url, [keep, drop], { transports: [t], token: mint(user) });
       await connected(page, "u");
-      cli(p2, "unsubscribe", user, drop);
+      cli(p1, "unsubscribe-user", user, drop);
       await until(page, "u", (l) => l.some((e) => e.type === "unsubscribed"), "an unsubscribed event");
       same((await log(page, "u", "unsubscribed"))[0].detail, { channels: [drop], reason: "server" }, "unsubscribed event");
       same((await sub(page, "u")).channels, [keep], "the SDK's channels");
@@ -242,7 +245,7 @@ H.main(280000, async () => {
       same(await msgs(page, "u"), seq(keep, 0, 2), "messages after the server's unsubscribe");
       // A reconnect (the server asks for one) subscribes the SDK's set: without `drop`.
       const sse = page.requests.sse.length;
-      cli(p2, "disconnect", user, "--reconnect");
+      cli(p1, "disconnect", user, "--reconnect");
       await until(page, "u", (l, s) => s.state === "connected" && l.some((e) => e.type === "disconnect"), "connected again");
       publish(p1, drop, vals(2, 4));
       publish(p1, keep, vals(2, 4));
@@ -262,7 +265,7 @@ H.main(280000, async () => {
       const page = await newPage(p1);
       await sdk(page, "s", [p1.url, p2.url], [mine], { transports: [t], token: mint(user) });
       await connected(page, "s");
-      cli(p2, "subscribe", user, added);
+      cli(p1, "subscribe-user", user, added);
       await until(page, "s", (l) => l.some((e) => e.type === "subscribed"), "a subscribed event");
       const [ev] = await log(page, "s", "subscribed");
       same([ev.detail.channels, ev.detail.server, typeof ev.detail.cursor], [[added], true, "string"], "subscribed event");
@@ -271,7 +274,7 @@ H.main(280000, async () => {
       publish(p1, mine, vals(0, 1));
       await until(page, "s", (l) => l.filter((e) => e.type === "message").length >= 4, "4 messages");
       // Reconnect; what is published meanwhile on the added channel arrives after it.
-      cli(p2, "disconnect", user, "--reconnect");
+      cli(p1, "disconnect", user, "--reconnect");
       publish(p2, added, vals(3, 6));
       await until(page, "s", (l, s) => s.state === "connected" && l.some((e) => e.type === "disconnect"), "connected again");
       publish(p1, added, vals(6, 8));
@@ -293,8 +296,8 @@ H.main(280000, async () => {
       if (t === "longpoll") await sleep(500);
       const jti = JSON.parse(Buffer.from(token.split(".")[1], "base64url")).jti;
       // Issued before: a token minted this second counts as issued before the next one.
-      if (how === "user") cli(p2, "revoke-user", user, "--issued-before", String(Math.floor(Date.now() / 1000) + 1));
-      else cli(p2, "revoke-token", jti);
+      if (how === "user") cli(p1, "revoke-user", user, "--issued-before", String(Math.floor(Date.now() / 1000) + 1));
+      else cli(p1, "revoke-token", jti);
       await until(page, "v", (l) => l.some((e) => e.type === "disconnect"), "a disconnect event");
       const [d] = await log(page, "v", "disconnect");
       same([d.detail.code, d.detail.reconnect], ["token_revoked", false], "disconnect event");
@@ -305,32 +308,107 @@ H.main(280000, async () => {
     });
   }
 
-  // What docs/sdk.md says of a plain EventSource after a server-side change: it comes back with
-  // its own URL, so the server's change is undone at its reconnect.
-  await test("a plain EventSource reconnects with its URL's channels after a server-side subscribe", async () => {
+  // The operator's calls reach every node: the page is on p1, the calls go to p2.
+  for (const t of ["websocket", "sse"]) {
+    await test(`actions through the other node on ${t}: unsubscribe-user, subscribe-user, disconnect`, async () => {
+      const [user, a, b] = [`far-${t}`, `feed:far-a-${t}`, `feed:far-b-${t}`];
+      const page = await newPage(p1);
+      await sdk(page, "f", p1.url, [a], { transports: [t], token: mint(user) });
+      await connected(page, "f");
+      const calls = [];
+      calls.push(cli(p2, "subscribe-user", user, b));
+      await until(page, "f", (l) => l.some((e) => e.type === "subscribed"), `a subscribed event (CLI: ${calls})`, 5000);
+      calls.push(cli(p2, "unsubscribe-user", user, a));
+      await until(page, "f", (l) => l.some((e) => e.type === "unsubscribed"), `an unsubscribed event (CLI: ${calls})`, 5000);
+      same((await sub(page, "f")).channels, [b], "the SDK's channels");
+      calls.push(cli(p2, "disconnect", user));
+      await until(page, "f", (l, s) => s.state === "closed", `state closed (CLI: ${calls})`, 5000);
+    });
+  }
+
+  // What docs/sdk.md says of a plain EventSource after a server-side change: its reconnect
+  // names its URL's channels. After a subscribe its Last-Event-ID is a token of the stream's
+  // new set, which that URL refuses; after an unsubscribe, the removed channel is back.
+  await test("a plain EventSource cannot reconnect after a server-side subscribe", async () => {
     const [user, mine, added] = ["plain-es", "feed:plain-mine", "feed:plain-added"];
     const page = await newPage(p1);
+    const answers = []; // the node's answers to the EventSource's requests
+    page.on("response", async (r) => {
+      if (new URL(r.url()).pathname !== "/sse") return;
+      answers.push({ url: r.url(), status: r.status() });
+    });
     await page.evaluate(([url, ch, token]) => {
       window.plain = { events: [], opens: 0 };
-      const es = new EventSource(`${url}/sse?channel=${ch}&token=${token}`);
+      const es = (window.plain.es = new EventSource(`${url}/sse?channel=${ch}&token=${token}`));
       es.onopen = () => window.plain.opens++;
       for (const t of ["subscribed", "message", "disconnect", "error"])
         es.addEventListener(t, (e) => window.plain.events.push({ t, data: e.data || null, id: e.lastEventId }));
     }, [p1.url, mine, mint(user)]);
-    await page.waitForFunction(() => window.plain.events.some((e) => e.t === "subscribed"), null, { timeout: 10000 });
-    cli(p2, "subscribe", user, added);
-    await page.waitForFunction(() => window.plain.events.filter((e) => e.t === "subscribed").length >= 2, null, { timeout: 10000 });
+    const wait = (what, f) =>
+      page.waitForFunction(f, null, { timeout: 10000 }).catch(async () => {
+        throw new Error(`plain EventSource: ${what} not seen: ${JSON.stringify(await page.evaluate(() => window.plain))}`);
+      });
+    await wait("subscribed", () => window.plain.events.some((e) => e.t === "subscribed"));
+    cli(p1, "subscribe-user", user, added);
+    await wait("the server's subscribed", () => window.plain.events.filter((e) => e.t === "subscribed").length >= 2);
     publish(p1, added, vals(0, 1));
-    await page.waitForFunction(() => window.plain.events.some((e) => e.t === "message"), null, { timeout: 10000 });
-    cli(p2, "disconnect", user, "--reconnect");
-    await page.waitForFunction(() => window.plain.opens >= 2, null, { timeout: 10000 });
-    await sleep(500);
+    await wait("a message", () => window.plain.events.some((e) => e.t === "message"));
+    cli(p1, "disconnect", user, "--reconnect");
+    await sleep(2000); // several retry periods (HERALD_SSE_RETRY=300ms)
     publish(p1, added, vals(1, 2));
     publish(p1, mine, vals(0, 1));
     await sleep(1000);
-    const p = await page.evaluate(() => window.plain);
+    const p = await page.evaluate(() => ({ ...window.plain, es: { readyState: window.plain.es.readyState } }));
     const got = p.events.filter((e) => e.t === "message").map((e) => JSON.parse(e.data)).map((m) => `${m.channel}/${m.data.n}`);
-    console.log(`     plain EventSource: ${p.opens} opens; events ${p.events.map((e) => e.t).join(",")}`);
-    same(got, [`${added}/0`, `${mine}/0`], "a plain EventSource's messages (the added channel is gone after its reconnect)");
+    const last = p.events.filter((e) => e.t !== "error").pop();
+    // Its reconnect names the URL's channel set with a Last-Event-ID of the stream's new set:
+    // refused, and the browser gives up. (The same request from here, to read the answer.)
+    const again = await fetch(answers[0].url, { headers: { "last-event-id": last.id } });
+    const code = again.status === 200 ? "" : (await again.json()).error.code;
+    if (again.body) await again.body.cancel().catch(() => {});
+    console.log(`     plain EventSource: ${p.opens} open(s), readyState ${p.es.readyState}; last id ${last.id}, ` +
+      `requests answered ${answers.map((a) => a.status)}; that id on its URL: ${again.status} ${code}`);
+    same(answers.map((a) => a.status), [200, 400], "answers to the EventSource's requests");
+    same([again.status, code], [400, "invalid_cursor"], "its URL with its Last-Event-ID");
+    same([p.opens, p.es.readyState], [1, 2], "opens, readyState (2: CLOSED)");
+    same(got, [`${added}/0`], "a plain EventSource's messages");
+  });
+
+  await test("a plain EventSource gets a server-removed channel back at its reconnect", async () => {
+    const [user, mine, gone] = ["plain-un", "feed:plain-un-mine", "feed:plain-un-gone"];
+    const page = await newPage(p1);
+    const answers = [];
+    page.on("response", (r) => new URL(r.url()).pathname === "/sse" && answers.push(r.status()));
+    await page.evaluate(([url, token, ...chs]) => {
+      window.plain = { events: [], opens: 0 };
+      const es = (window.plain.es = new EventSource(`${url}/sse?${chs.map((c) => `channel=${c}`).join("&")}&token=${token}`));
+      es.onopen = () => window.plain.opens++;
+      for (const t of ["subscribed", "unsubscribed", "message", "disconnect", "error"])
+        es.addEventListener(t, (e) => window.plain.events.push({ t, data: e.data || null, id: e.lastEventId }));
+    }, [p1.url, mint(user), mine, gone]);
+    const wait = (what, f) =>
+      page.waitForFunction(f, null, { timeout: 10000 }).catch(async () => {
+        throw new Error(`plain EventSource: ${what} not seen: ${JSON.stringify(await page.evaluate(() => window.plain))}`);
+      });
+    await wait("subscribed", () => window.plain.events.some((e) => e.t === "subscribed"));
+    publish(p1, gone, vals(0, 1));
+    publish(p1, mine, vals(0, 1));
+    await wait("2 messages", () => window.plain.events.filter((e) => e.t === "message").length >= 2);
+    cli(p1, "unsubscribe-user", user, gone);
+    await wait("unsubscribed", () => window.plain.events.some((e) => e.t === "unsubscribed"));
+    publish(p1, mine, vals(1, 2));
+    await wait("3 messages", () => window.plain.events.filter((e) => e.t === "message").length >= 3);
+    cli(p1, "disconnect", user, "--reconnect");
+    await sleep(2000);
+    publish(p1, gone, vals(1, 2));
+    publish(p1, mine, vals(2, 3));
+    await sleep(1000);
+    const p = await page.evaluate(() => ({ ...window.plain, es: { readyState: window.plain.es.readyState } }));
+    const got = p.events.filter((e) => e.t === "message").map((e) => JSON.parse(e.data)).map((m) => `${m.channel}/${m.data.n}`);
+    console.log(`     plain EventSource: ${p.opens} open(s), readyState ${p.es.readyState}, answers ${answers}; ` +
+      `ids ${p.events.map((e) => e.id).filter((id, i, a) => id && id !== a[i - 1]).join(" ")}`);
+    // Its reconnect names the URL's channels, the removed one included: it is back.
+    same([p.opens, p.es.readyState, answers], [2, 1, [200, 200]], "opens, readyState (1: OPEN), answers");
+    same(got, [`${gone}/0`, `${mine}/0`, `${mine}/1`, `${gone}/1`, `${mine}/2`], "a plain EventSource's messages");
   });
 });
