@@ -17,9 +17,9 @@ const SECRET = "presence-test-secret-0123456789abcdef";
 // Mints a token the way an app backend would (here: `herald token`), with the claims of
 // docs/presence.md: `sub` (the user), `info` (shown in join/leave), `jti` (and `iat`).
 let jtis = 0;
-function mint(user, info) {
+function mint(user, info, ttl = "10m") {
   const jti = `jti-${user}-${++jtis}`;
-  const args = ["token", "--sub", user, "--channel", "*", "--ttl", "10m", "--jti", jti];
+  const args = ["token", "--sub", user, "--channel", "*", "--ttl", ttl, "--jti", jti];
   if (info !== undefined) args.push("--info", JSON.stringify(info));
   const r = spawnSync(BIN, args, { env: { ...process.env, HERALD_AUTH_HMAC_SECRET: SECRET }, encoding: "utf8" });
   if (r.status !== 0) throw new Error(`herald token: ${r.stderr}`);
@@ -119,6 +119,7 @@ H.main(280000, async () => {
     HERALD_NATS_URL: nats,
     HERALD_CONFIG: conf,
     HERALD_AUTH_HMAC_SECRET: SECRET,
+    HERALD_AUTH_LEEWAY: "0s",
     HERALD_SSE_RETRY: "300ms", // a plain EventSource would come back quickly: we check it does not
   };
   const [p1, p2] = await Promise.all([startNode("p1", env), startNode("p2", env)]);
@@ -307,6 +308,34 @@ H.main(280000, async () => {
       expect(errors.includes("token_revoked"), `error events: ${JSON.stringify(errors)}`);
     });
   }
+
+  await test("websocket close 4001 (token expired) is no disconnect: the SDK reconnects with a fresh token", async () => {
+    const [user, ch] = ["expiring", "feed:expiring"];
+    const page = await newPage(p1);
+    await page.exposeFunction("mintShort", () => mint(user, undefined, "3s"));
+    // The second call (the in-place refresh at 80% of the token's life) fails: the server
+    // closes with 4001 at `exp`, and the SDK's reconnect asks for a token again.
+    await page.evaluate(() => {
+      let calls = 0;
+      window.tokenFn = async () => (++calls === 2 ? Promise.reject(new Error("no refresh")) : window.mintShort());
+    });
+    await page.evaluate(async ([url, ch]) => {
+      const { subscribe } = await import("/herald.js");
+      const r = (window.subs = { x: { log: [] } }).x;
+      r.sub = subscribe(url, [ch], { transports: ["websocket"], backoffMin: 100, token: window.tokenFn });
+      for (const type of ["message", "disconnect", "state", "error"])
+        r.sub.addEventListener(type, (e) => r.log.push({ type, detail: e.detail }));
+    }, [p1.url, ch]);
+    await connected(page, "x");
+    publish(p1, ch, vals(0, 3));
+    await until(page, "x", (l) => l.filter((e) => e.type === "state" && e.detail.state === "reconnecting").length >= 1, "a reconnect at expiry", 8000);
+    await connected(page, "x");
+    publish(p1, ch, vals(3, 6));
+    await until(page, "x", (l) => l.filter((e) => e.type === "message").length >= 6, "6 messages");
+    await sleep(300);
+    same(await msgs(page, "x"), seq(ch, 0, 6), "messages across the expiry");
+    same((await log(page, "x", "disconnect")).length, 0, "disconnect events");
+  });
 
   // The operator's calls reach every node: the page is on p1, the calls go to p2.
   for (const t of ["websocket", "sse"]) {
