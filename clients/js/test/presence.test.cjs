@@ -103,7 +103,7 @@ const seq = (ch, a, b) => Array.from({ length: b - a }, (_, i) => `${ch}/${a + i
 const vals = (a, b) => Array.from({ length: b - a }, (_, i) => ({ n: a + i }));
 const CLIENT_ID = /^[0-9a-f]{12}-\d+$/;
 
-H.main(280000, async () => {
+H.main(240000, async () => {
   const nats = await startNats();
   const conf = path.join(TMP, "presence.toml");
   fs.writeFileSync(
