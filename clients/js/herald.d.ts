@@ -37,6 +37,42 @@ export interface ErrorEvent {
   status?: number;
 }
 
+/** `join` / `leave` (namespaces with `join_leave = true`): ephemeral, no `id`, no position. */
+export interface PresenceEvent<I = unknown> {
+  channel: string;
+  /** The connection's client id (compare with `sub.clientId`: your own join comes too). */
+  client: string;
+  /** The token's `sub`; empty for anonymous clients. */
+  user: string;
+  /** The token's `info` claim, if any. */
+  info?: I;
+}
+
+/** The server ended the connection (docs/presence.md). */
+export interface DisconnectEvent {
+  /** `"disconnected"` (an operator's Disconnect) or `"token_revoked"`. */
+  code: string;
+  /** The operator's reason, else the server's message. */
+  reason?: string;
+  /** True: the SDK reconnects and resumes at once. False: it stops for good (state `closed`). */
+  reconnect: boolean;
+}
+
+/** The server added channels to the connection; the SDK keeps them across reconnects. */
+export interface SubscribedEvent {
+  channels: string[];
+  /** Where they start (from now). */
+  cursor?: string;
+  server: true;
+}
+
+/** The server removed channels from the connection; the SDK drops them from `channels`. */
+export interface UnsubscribedEvent {
+  channels: string[];
+  /** `"server"` (the operator's Unsubscribe) or `"channel_forbidden"` (a refreshed token no longer grants them). */
+  reason?: string;
+}
+
 export interface Options {
   /** Transports to use, best first [default: websocket, sse, longpoll, poll]. */
   transports?: Transport[];
@@ -68,6 +104,11 @@ export interface Options {
   onGap?: (g: GapEvent) => void;
   onState?: (s: StateEvent) => void;
   onError?: (e: ErrorEvent) => void;
+  onJoin?: (e: PresenceEvent) => void;
+  onLeave?: (e: PresenceEvent) => void;
+  onDisconnect?: (e: DisconnectEvent) => void;
+  onSubscribed?: (e: SubscribedEvent) => void;
+  onUnsubscribed?: (e: UnsubscribedEvent) => void;
 }
 
 export interface SubscriptionEventMap {
@@ -75,6 +116,11 @@ export interface SubscriptionEventMap {
   gap: CustomEvent<GapEvent>;
   state: CustomEvent<StateEvent>;
   error: CustomEvent<ErrorEvent>;
+  join: CustomEvent<PresenceEvent>;
+  leave: CustomEvent<PresenceEvent>;
+  disconnect: CustomEvent<DisconnectEvent>;
+  subscribed: CustomEvent<SubscribedEvent>;
+  unsubscribed: CustomEvent<UnsubscribedEvent>;
 }
 
 export declare class Subscription extends EventTarget {
@@ -95,6 +141,11 @@ export declare class Subscription extends EventTarget {
   readonly state: State;
   readonly transport: Transport | null;
   readonly url: string | null;
+  /**
+   * The node's id of the current WebSocket or SSE connection (`"<node>-<n>"`, from its
+   * `subscribed` / `authenticated` frame); null while connecting and on polling transports.
+   */
+  readonly clientId: string | null;
   add(...channels: (string | string[])[]): void;
   remove(...channels: (string | string[])[]): void;
   close(): void;

@@ -1,7 +1,8 @@
 // Herald browser SDK: live messages over WebSocket, SSE, long-poll or interval poll, with
 // fallback down the transport list, reconnect with backoff and jitter over a list of nodes,
-// and exact resume from one position per channel. No dependencies. Protocol: docs/protocol.md;
-// guide: docs/sdk.md.
+// and exact resume from one position per channel; join/leave events and the server's
+// endings and channel changes (docs/presence.md). No dependencies. Protocol:
+// docs/protocol.md; guide: docs/sdk.md.
 
 export const TRANSPORTS = ["websocket", "sse", "longpoll", "poll"];
 
@@ -89,14 +90,17 @@ export class Subscription extends EventTarget {
     this.state = "idle";
     this.transport = null;
     this.url = null;
+    this.clientId = null; // the node's id of the connection (WebSocket, SSE); null when polling
     this._ti = 0; // index in options.transports
     this._ui = 0; // index in urls
     this._failures = 0; // consecutive failed attempts, for backoff
     this._conn = null; // { close(), send?(cmd) }
     this._timer = null;
     this._gen = 0; // bumps on every attempt; callbacks of old attempts are ignored
-    for (const [ev, key] of [["message", "onMessage"], ["gap", "onGap"], ["state", "onState"], ["error", "onError"]])
-      if (typeof this.options[key] === "function") this.addEventListener(ev, (e) => this.options[key](e.detail));
+    // onMessage, onGap, onState, onError, onJoin, onLeave, onDisconnect, onSubscribed,
+    // onUnsubscribed: listeners of the event of that name.
+    for (const [key, f] of Object.entries(this.options))
+      if (/^on[A-Z]/.test(key) && typeof f === "function") this.addEventListener(key.slice(2).toLowerCase(), (e) => f(e.detail));
     const since = this.options.since;
     if (since != null) {
       const each = typeof since === "object" ? since : decodePositions(since, [...this.channels]);
@@ -220,14 +224,19 @@ export class Subscription extends EventTarget {
     // An SSE id is only as fresh as the last SSE stream: another transport moves on without it.
     if (this.transport !== "sse") this._sseId = undefined;
     this._connected = false;
+    this.clientId = null;
     this._setState("connecting");
     const live = () => gen === this._gen;
     const h = {
       // Live delivery is in place; channels (all when not given) without a position stand
-      // at `cursor`, the server's "now".
-      subscribed: (cursor, channels = this.channels) => {
+      // at `cursor`, the server's "now". `d`: the frame or event; `d.server`: the server
+      // added `channels` to this connection, so they join the set (a reconnect keeps them).
+      subscribed: (cursor, channels = this.channels, d = {}) => {
         if (!live()) return;
+        if (d.client) this.clientId = d.client;
+        if (d.server) channels.forEach((c) => this.channels.add(c));
         if (cursor) for (const c of channels) this.channels.has(c) && !this._pos.has(c) && this._pos.set(c, cursor);
+        if (d.server) this._emit("subscribed", { channels, cursor, server: true });
         if (this._connected) return;
         this._connected = true;
         this._failures = 0;
@@ -252,6 +261,23 @@ export class Subscription extends EventTarget {
       // or "fail".
       end: (how) => live() && this._ended(how),
       error: (detail) => live() && this._emit("error", detail),
+      // The server removed `channels` from this connection: a reconnect leaves them out.
+      unsubscribed: (d) => {
+        const gone = live() ? (d.channels || []).filter((c) => this.channels.delete(c)) : [];
+        for (const c of gone) this._pos.delete(c), this._gapped.delete(c);
+        if (gone.length) this._emit("unsubscribed", { channels: gone, reason: d.reason });
+      },
+      // join / leave: ephemeral, they move no position.
+      presence: (type, { channel, client, user, info }) =>
+        live() && this.channels.has(channel) && this._emit(type, { channel, client, user, info }),
+      // The server ended the connection (disconnected, or the token revoked): reconnect and
+      // resume as after a drain, or stop for good.
+      over: (d) => {
+        if (!live()) return;
+        const reconnect = d.reconnect === true;
+        this._emit("disconnect", { code: d.code, reason: d.reason || d.message, reconnect });
+        if (live()) reconnect ? this._ended("drain") : this.close();
+      },
       live,
     };
     this._timer = setTimeout(() => live() && !this._connected && this._ended("fail"), this.options.connectTimeout);
@@ -328,16 +354,25 @@ const OPEN = {
         return;
       }
       if (f.type === "message") h.message(f);
-      else if (f.type === "subscribed") h.subscribed(f.cursor, f.channels);
+      else if (f.type === "subscribed") h.subscribed(f.cursor, f.channels, f);
+      else if (f.type === "authenticated") f.client && (sub.clientId = f.client);
+      else if (f.type === "unsubscribed") h.unsubscribed(f);
+      else if (f.type === "join" || f.type === "leave") h.presence(f.type, f);
       else if (f.type === "gap") h.gap(f.channel);
       else if (f.type === "reconnect") end("drain");
+      else if (f.type === "disconnect") h.over(f);
       else if (f.type === "error") {
         h.error(f);
-        if (f.channels && !sub._connected) end("fail"); // our subscribe was refused
+        if (f.code === "token_revoked") h.over(f);
+        else if (f.channels && !sub._connected) end("fail"); // our subscribe was refused
       }
     };
-    // 4001: the token expired; reconnecting at once fetches a fresh one.
-    ws.onclose = (e) => end(e.code === 1012 ? "drain" : e.code === 1013 || e.code === 4001 ? "slow" : "fail");
+    // 4001: the token expired; reconnecting at once fetches a fresh one. 4002/4003: the
+    // server disconnected us, 4004: the token was revoked (normally after their frame).
+    ws.onclose = (e) =>
+      e.code > 4001 && e.code < 4005
+        ? h.over({ code: e.code > 4003 ? "token_revoked" : "disconnected", reconnect: e.code === 4003 })
+        : end(e.code === 1012 ? "drain" : e.code === 1013 || e.code === 4001 ? "slow" : "fail");
     // With a token function, refresh at 80% of each token's life without reconnecting.
     let refresh;
     const plan = (token) => {
@@ -370,7 +405,7 @@ const OPEN = {
   // the positions.
   sse(sub, h) {
     const channels = [...sub.channels];
-    const set = sorted(channels).join("\n");
+    let set = sorted(channels).join("\n");
     const since = sub._sseId && sub._sseSet === set ? sub._sseId : sub._since(channels);
     const es = new EventSource(sub._endpoint("sse", channels, since));
     const data = (e) => {
@@ -381,12 +416,18 @@ const OPEN = {
       }
     };
     const seen = (e) => h.live() && e.lastEventId && ((sub._sseId = e.lastEventId), (sub._sseSet = set));
+    // The server changed the stream's channels: its ids no longer name our URL's set, so a
+    // reopen builds `since` from the positions, with the new set.
+    const moved = () => ((set = null), (sub._sseId = undefined));
     es.addEventListener("subscribed", (e) => {
       const d = data(e);
-      seen(e);
-      h.positions(e.lastEventId, channels); // where the stream starts, for every channel
-      h.subscribed(d.cursor, d.channels);
+      if (d.server) moved();
+      else seen(e), h.positions(e.lastEventId, channels); // where the stream starts, for every channel
+      h.subscribed(d.cursor, d.channels, d);
     });
+    es.addEventListener("unsubscribed", (e) => (moved(), h.unsubscribed(data(e))));
+    for (const t of ["join", "leave"]) es.addEventListener(t, (e) => h.presence(t, data(e)));
+    es.addEventListener("disconnect", (e) => h.over(data(e)));
     es.addEventListener("message", (e) => {
       h.message(data(e)); // its own id moves its channel's position
       seen(e);
@@ -397,11 +438,12 @@ const OPEN = {
       if (e.data) {
         const d = data(e);
         h.error(d);
+        if (d.code === "token_revoked") return h.over(d);
         return h.end(d.code === "slow_consumer" || d.code === "token_expired" ? "slow" : "fail");
       }
       h.end("fail"); // network error or refused: we reconnect ourselves, with our cursor
     });
-    return { close: () => es.close() };
+    return { close: () => es.close() }; // closed by us: the browser does not reconnect it
   },
 
   longpoll: (sub, h) => poll(sub, h, true),
@@ -431,9 +473,13 @@ function poll(sub, h, long) {
         const url = sub._endpoint("poll", channels, sub._since(channels), { wait });
         const res = await fetch(url, { signal: ctl.signal, cache: "no-store" });
         if (!res.ok) {
-          const body = await res.json().catch(() => ({}));
-          h.error({ status: res.status, ...(body.error || {}) });
-          if (body.error && body.error.code === "token_expired") return h.end("slow");
+          const { error, ...body } = await res.json().catch(() => ({}));
+          const e = { ...body, ...error }; // {"error":{"code",..}}; a 409 may be flat
+          // 409: the server disconnected this user (a held long-poll).
+          if (res.status === 409) return h.over(e);
+          h.error({ status: res.status, ...e });
+          if (e.code === "token_expired") return h.end("slow");
+          if (e.code === "token_revoked") return h.over(e);
           throw new Error(`HTTP ${res.status}`);
         }
         reply = await res.json();
@@ -461,7 +507,8 @@ function poll(sub, h, long) {
 /**
  * Subscribes to `channels` on the first reachable node of `urls` (a base URL or a list; ""
  * means this page's origin). Returns a {@link Subscription}: an EventTarget with `message`,
- * `gap`, `state` and `error` events (payload in `event.detail`).
+ * `gap`, `state`, `error`, `join`, `leave`, `disconnect`, `subscribed` and `unsubscribed`
+ * events (payload in `event.detail`).
  */
 export function subscribe(urls, channels, options) {
   return new Subscription(urls, channels, options);

@@ -1,6 +1,8 @@
 // Compiled (not run) by scripts/check-browser.sh: the examples of docs/sdk.md type-check
 // against herald.d.ts.
-import herald, { decodePositions, encodePositions, subscribe, type HeraldMessage, type StateEvent } from "../herald.js";
+import herald, {
+  decodePositions, encodePositions, subscribe, type DisconnectEvent, type HeraldMessage, type PresenceEvent, type StateEvent,
+} from "../herald.js";
 
 const sub = subscribe(["http://a:8080", "http://b:8080"], ["news"], {
   transports: ["sse", "longpoll"],
@@ -30,3 +32,19 @@ subscribe("", ["chat:1"], {
   token: async () => (await fetch("/api/herald-token")).text(),
   onError: (e) => console.warn(e.code),
 });
+
+// Presence, join/leave and server endings (docs/presence.md).
+const room = subscribe("", ["room:1"], {
+  token: "eyJ...",
+  onJoin: (j: PresenceEvent) => console.log(j.channel, j.client, j.user, j.info),
+  onDisconnect: (d: DisconnectEvent) => console.log(d.code, d.reason, d.reconnect),
+});
+const me: string | null = room.clientId;
+room.addEventListener("join", (e) => console.log(e.detail.client === me, e.detail.user));
+room.addEventListener("leave", (e) => console.log(e.detail.channel, e.detail.info));
+room.addEventListener("disconnect", (e) => {
+  const again: boolean = e.detail.reconnect;
+  console.log(again || room.state === "closed", e.detail.code === "token_revoked");
+});
+room.addEventListener("subscribed", (e) => console.log(e.detail.channels, e.detail.cursor, e.detail.server));
+room.addEventListener("unsubscribed", (e) => console.log(e.detail.channels, e.detail.reason));
