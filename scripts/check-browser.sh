@@ -28,3 +28,5 @@ NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" SCREENSHOT="$ROOT/ta
   timeout 300 node "$JS/test/browser.test.cjs"
 echo "==> exact resume under random connection breaks, and the position-token codec"
 NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/resume.test.cjs"
+echo "==> presence: client ids, join/leave, server endings and server-side channel changes (two nodes on NATS)"
+NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/presence.test.cjs"

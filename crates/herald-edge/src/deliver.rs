@@ -126,10 +126,18 @@ pub(crate) fn live(
             }
             Item::Presence(e) if session.is_subscribed_name(&e.channel) => Step::Presence(e),
             Item::Unsubscribe(c) if session.is_subscribed(&c) => {
+                if protocol == Protocol::Sse {
+                    session.pin_token_set();
+                }
                 session.unsubscribe(std::slice::from_ref(&c));
                 Step::Unsubscribed(c)
             }
-            Item::Subscribe(c) if !session.is_subscribed(&c) => Step::Subscribe(c),
+            Item::Subscribe(c) if !session.is_subscribed(&c) => {
+                if protocol == Protocol::Sse {
+                    session.pin_token_set();
+                }
+                Step::Subscribe(c)
+            }
             _ => continue,
         };
         emit(session, &step);

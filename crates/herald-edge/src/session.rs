@@ -92,6 +92,18 @@ pub(crate) struct Session {
     /// The channel set's hash in position tokens, computed once per change of the set
     /// (an SSE stream with several channels encodes a token at every event).
     set_hash: Option<Box<str>>,
+    /// Set once the operator changed an SSE stream's channels: its `id:` tokens keep naming
+    /// the set of its URL, so a plain `EventSource` reconnect (which resends the last id with
+    /// the same URL) still resumes. Never allocated otherwise.
+    pinned: Option<Box<Pinned>>,
+}
+
+/// The channel set an SSE stream's tokens keep naming after a server-side change.
+struct Pinned {
+    channels: Vec<ChannelName>,
+    hash: Box<str>,
+    /// Positions of pinned channels the operator removed, as they stood then.
+    frozen: BTreeMap<ChannelName, Cursor>,
 }
 
 impl Session {
@@ -101,6 +113,7 @@ impl Session {
             reg,
             positions: BTreeMap::new(),
             set_hash: None,
+            pinned: None,
         }
     }
 
@@ -394,9 +407,14 @@ impl Session {
     pub(crate) fn unsubscribe(&mut self, channels: &[ChannelName]) -> Vec<ChannelName> {
         let mut removed = Vec::new();
         for c in channels {
-            if self.positions.remove(c).is_some() {
+            if let Some(at) = self.positions.remove(c) {
                 self.edge.hub.leave(c, self.reg.id);
                 removed.push(c.clone());
+                if let Some(pin) = &mut self.pinned
+                    && pin.channels.contains(c)
+                {
+                    pin.frozen.insert(c.clone(), at);
+                }
             }
         }
         self.set_hash = None;
@@ -432,8 +450,38 @@ impl Session {
         }
     }
 
+    /// Keeps the position tokens naming the current channel set from now on (see
+    /// [`Session::pinned`]); done before the first server-side change of an SSE stream.
+    pub(crate) fn pin_token_set(&mut self) {
+        if self.pinned.is_none() {
+            let channels: Vec<ChannelName> = self.positions.keys().cloned().collect();
+            let hash = herald_core::position::set_hash(channels.iter()).into();
+            self.pinned = Some(Box::new(Pinned {
+                channels,
+                hash,
+                frozen: BTreeMap::new(),
+            }));
+        }
+    }
+
+    /// Whether tokens name a pinned set rather than the subscribed one.
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.pinned.is_some()
+    }
+
     /// The connection's position in all its channels, as a position token (an SSE `id:`).
     pub(crate) fn token(&mut self) -> String {
+        if let Some(pin) = &self.pinned {
+            let at: BTreeMap<ChannelName, Cursor> = pin
+                .channels
+                .iter()
+                .map(|c| {
+                    let p = self.positions.get(c).or_else(|| pin.frozen.get(c));
+                    (c.clone(), p.copied().unwrap_or(Cursor::ZERO))
+                })
+                .collect();
+            return herald_core::position::encode_with(&at, Some(&pin.hash));
+        }
         let positions = &self.positions;
         let hash = self
             .set_hash

@@ -55,7 +55,7 @@ fn encode(session: &mut Session, step: &Step, out: &mut VecDeque<Bytes>) {
     match step {
         Step::Message(m) => {
             let whole = m.sse_event();
-            if session.channel_count() == 1 {
+            if session.channel_count() == 1 && !session.is_pinned() {
                 out.push_back(whole.clone());
             } else {
                 let body = whole.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);

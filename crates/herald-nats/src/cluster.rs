@@ -40,7 +40,7 @@ use futures_util::StreamExt;
 use herald_core::{
     ActionAnswer, Broker, BrokerState, ChannelName, ChannelPattern, ChannelsAnswer, ChannelsQuery,
     Cluster, ClusterError, LocalNode, MISSED_HEARTBEATS, NodeStats, PresenceAnswer, PresenceEntry,
-    PresenceEvent, UserAction,
+    PresenceEvent, PresenceKind, UserAction,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -117,7 +117,15 @@ struct PresenceAsk {
 struct PresenceReply {
     node_id: String,
     clients: Vec<PresenceEntry>,
+    /// More parts of this node's answer follow (a big channel is answered in parts that each
+    /// fit NATS' `max_payload`).
+    #[serde(default)]
+    more: bool,
 }
+
+/// Presence entries per reply message: about 200 bytes each as JSON, so a part stays far
+/// below NATS' default 1 MiB `max_payload`.
+const PRESENCE_PART: usize = 2000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ActAsk {
@@ -143,6 +151,10 @@ struct ActReply {
 /// A scatter-gather answer, from one node.
 trait NodeReply: DeserializeOwned {
     fn node_id(&self) -> &str;
+    /// Whether this is the node's last (or only) part.
+    fn last(&self) -> bool {
+        true
+    }
 }
 
 impl NodeReply for ChannelsReply {
@@ -154,6 +166,10 @@ impl NodeReply for ChannelsReply {
 impl NodeReply for PresenceReply {
     fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    fn last(&self) -> bool {
+        !self.more
     }
 }
 
@@ -197,6 +213,61 @@ struct Inner {
     revocations: Arc<RevocationLog>,
     /// Join/leave events of this node not relayed (NATS was away, or the publish failed).
     dropped_events: AtomicU64,
+    /// Who other nodes said joined and has not left yet, per node: when a node dies (or
+    /// restarts) without saying, this node says `leave` for them to its own subscribers.
+    members: Mutex<RemoteMembers>,
+}
+
+/// Clients of other nodes known through their join events, per node.
+#[derive(Default)]
+struct RemoteMembers {
+    by_node: HashMap<String, HashMap<(String, String), PresenceEvent>>,
+    /// Entries in `by_node`, bounded by [`MAX_REMOTE_MEMBERS`].
+    len: usize,
+}
+
+/// Most remote joins remembered for leaves on a node's death; past it new joins are not
+/// remembered (their leave on a death is then not synthesized).
+const MAX_REMOTE_MEMBERS: usize = 1_000_000;
+
+impl RemoteMembers {
+    /// Records another node's join or leave.
+    fn note(&mut self, event: &PresenceEvent) {
+        let key = (event.channel.clone(), event.client.clone());
+        match event.kind {
+            PresenceKind::Join if self.len < MAX_REMOTE_MEMBERS => {
+                let node = self.by_node.entry(event.node.clone()).or_default();
+                if node.insert(key, event.clone()).is_none() {
+                    self.len += 1;
+                }
+            }
+            PresenceKind::Join => {}
+            PresenceKind::Leave => {
+                if let Some(node) = self.by_node.get_mut(&event.node)
+                    && node.remove(&key).is_some()
+                {
+                    self.len -= 1;
+                    if node.is_empty() {
+                        self.by_node.remove(&event.node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets a node, returning a leave for each client it had not said left.
+    fn forget(&mut self, node: &str) -> Vec<PresenceEvent> {
+        let Some(gone) = self.by_node.remove(node) else {
+            return Vec::new();
+        };
+        self.len -= gone.len();
+        gone.into_values()
+            .map(|mut e| {
+                e.kind = PresenceKind::Leave;
+                e
+            })
+            .collect()
+    }
 }
 
 /// The cluster of every node on one NATS deployment (same subject prefix). Runs background
@@ -245,6 +316,7 @@ impl NatsCluster {
             changes: watch::Sender::new(0),
             revocations: revocations.clone(),
             dropped_events: AtomicU64::new(0),
+            members: Mutex::new(RemoteMembers::default()),
         });
         let mut tasks = vec![
             tokio::spawn(run(inner.clone())),
@@ -327,8 +399,14 @@ impl Inner {
                 drop(peers);
                 self.bump();
             }
+            self.node_gone(&hb.stats.node_id);
             return;
         }
+        // Uptime going back: the node restarted, and its earlier clients are gone.
+        let restarted = peers
+            .get(&hb.stats.node_id)
+            .is_some_and(|p| hb.stats.uptime_secs < p.stats.uptime_secs)
+            .then(|| hb.stats.node_id.clone());
         let interval = Duration::from_millis(hb.interval_ms.clamp(100, 600_000));
         let changed = peers.get(&hb.stats.node_id).is_none_or(|p| {
             let mut old = p.stats.clone();
@@ -344,8 +422,34 @@ impl Inner {
             },
         );
         drop(peers);
+        if let Some(id) = restarted {
+            self.node_gone(&id);
+        }
         if changed {
             self.bump();
+        }
+    }
+
+    /// Another node's join or leave: remembered (for [`Inner::node_gone`]) and handed to
+    /// this node's subscribers.
+    fn on_event(&self, event: &PresenceEvent) {
+        self.members.lock().note(event);
+        self.node.deliver_event(event);
+    }
+
+    /// A node died, left or restarted: its clients that did not say they left are gone, and
+    /// this node's subscribers of their channels are told so.
+    fn node_gone(&self, node: &str) {
+        let leaves = self.members.lock().forget(node);
+        if !leaves.is_empty() {
+            debug!(
+                node,
+                leaves = leaves.len(),
+                "saying leave for the clients of a node that is gone"
+            );
+        }
+        for event in &leaves {
+            self.node.deliver_event(event);
         }
     }
 
@@ -353,15 +457,20 @@ impl Inner {
         let now = Instant::now();
         let mut peers = self.peers.lock();
         let before = peers.len();
+        let mut gone = Vec::new();
         peers.retain(|id, p| {
             let keep = !p.expired(now);
             if !keep {
                 warn!(node = %id, "node missed its heartbeats; dropped from the cluster view");
+                gone.push(id.clone());
             }
             keep
         });
         let changed = peers.len() != before;
         drop(peers);
+        for id in gone {
+            self.node_gone(&id);
+        }
         if changed {
             self.bump();
         }
@@ -436,23 +545,33 @@ impl Inner {
             .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
         let _ = client.flush().await;
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
-        let mut seen = HashSet::new();
+        // Nodes whose answer is complete, and the parts of answers still coming in.
+        let mut done = HashSet::new();
         let mut parts = Vec::new();
-        while !expected.is_empty() {
+        let mut partial: HashMap<String, Vec<R>> = HashMap::new();
+        while !expected.is_empty() || !partial.is_empty() {
             let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await else {
                 break;
             };
             let Ok(reply) = serde_json::from_slice::<R>(&m.payload) else {
                 continue;
             };
-            let id = reply.node_id();
-            if id == self.local_id || !seen.insert(id.to_owned()) {
+            let id = reply.node_id().to_owned();
+            if id == self.local_id || done.contains(&id) {
                 continue;
             }
-            expected.remove(id);
+            if !reply.last() {
+                partial.entry(id).or_default().push(reply);
+                continue;
+            }
+            parts.extend(partial.remove(&id).unwrap_or_default());
             parts.push(reply);
+            expected.remove(&id);
+            done.insert(id);
         }
         let _ = replies.unsubscribe().await;
+        // A node whose answer did not arrive whole is missing, not half counted.
+        expected.extend(partial.into_keys());
         Ok((parts, missing(expected)))
     }
 }
@@ -584,17 +703,26 @@ async fn run(inner: Arc<Inner>) {
                         let Ok(ask) = serde_json::from_slice::<PresenceAsk>(&m.payload) else { continue };
                         if ask.from == inner.local_id { continue }
                         let Ok(channel) = ChannelName::new(&ask.channel) else { continue };
-                        let body = PresenceReply {
-                            node_id: inner.local_id.clone(),
-                            clients: inner.local_presence(&channel),
-                        };
-                        let clients = body.clients.len();
-                        if let Ok(body) = serde_json::to_vec(&body)
-                            && let Err(error) = client.publish(reply, body.into()).await
-                        {
-                            // Most likely more than the server's max_payload: the asker lists
-                            // this node as missing.
-                            warn!(%error, clients, channel = %channel, "presence answer not sent");
+                        let mut clients = inner.local_presence(&channel);
+                        // In parts, the last one marked: a part never nears max_payload.
+                        loop {
+                            let rest = clients.split_off(clients.len().min(PRESENCE_PART));
+                            let body = PresenceReply {
+                                node_id: inner.local_id.clone(),
+                                clients,
+                                more: !rest.is_empty(),
+                            };
+                            if let Ok(body) = serde_json::to_vec(&body)
+                                && let Err(error) = client.publish(reply.clone(), body.into()).await
+                            {
+                                // The asker lists this node as missing.
+                                warn!(%error, channel = %channel, "presence answer not sent");
+                                break;
+                            }
+                            if rest.is_empty() {
+                                break;
+                            }
+                            clients = rest;
                         }
                     }
                     None => break,
@@ -622,7 +750,7 @@ async fn run(inner: Arc<Inner>) {
                 },
                 m = ev.next() => match m {
                     Some(m) => match serde_json::from_slice::<PresenceEvent>(&m.payload) {
-                        Ok(event) if event.node != inner.local_id => inner.node.deliver_event(&event),
+                        Ok(event) if event.node != inner.local_id => inner.on_event(&event),
                         Ok(_) => {}
                         Err(_) => debug!("ignoring a malformed join/leave event"),
                     },
