@@ -190,7 +190,7 @@ async fn presence_spans_nodes_and_forgets_a_killed_node() {
     let b = nats_node(&nats, "node-b", &pairs(&env)).await;
     converged(&[&a, &b]).await;
     let room = herald_e2e::channel("room:p");
-    let (_alice, alice_id) = ws(
+    let (mut alice, alice_id) = ws(
         &a,
         &room,
         &token("alice", None, Some(json!({"name": "Alice"}))),
@@ -260,6 +260,26 @@ async fn presence_spans_nodes_and_forgets_a_killed_node() {
         clients,
         want(false),
         "a killed node's clients are not listed"
+    );
+    // Alice (node A) saw Bob's two connections join; once node B's heartbeats are missed,
+    // node A tells her they left.
+    let mut seen = Vec::new();
+    while seen.iter().filter(|(t, _)| t == "leave").count() < 2 {
+        let v = alice.next_json().await;
+        if let (Some(t @ ("join" | "leave")), Some(c)) = (v["type"].as_str(), v["client"].as_str())
+        {
+            seen.push((t.to_owned(), c.to_owned()));
+        }
+    }
+    let leaves: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .filter(|(t, _)| t == "leave")
+        .map(|(_, c)| c.as_str())
+        .collect();
+    assert_eq!(
+        leaves,
+        [bob_id.as_str(), bob2_id.as_str()].into_iter().collect(),
+        "{seen:?}"
     );
     eventually(
         Duration::from_secs(5),

@@ -257,16 +257,97 @@ async fn presence_joins_every_node_and_forgets_a_dead_one() {
         a.cluster.nodes().iter().all(|n| n.node_id != "C")
     })
     .await;
-    let t = Instant::now();
     let answer = a.cluster.presence(&ch("room:1")).await.unwrap();
     assert_eq!(answer.clients.len(), 3);
     assert!(answer.missing_nodes.is_empty(), "{answer:?}");
-    // Every live node answered: no wait for the timeout.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_channel_is_answered_in_parts_under_max_payload() {
+    let server = server().await;
+    let a = start_node(vec![server.url()], "A", 0, 1).await;
+    let b = start_node(vec![server.url()], "B", 0, 1).await;
+    settle(&[&a, &b]).await;
+    // 6,000 clients with a 300-byte info each: about 2.4 MB as JSON, over NATS' 1 MiB
+    // max_payload for one message.
+    let info = format!("{{\"bio\":\"{}\"}}", "x".repeat(290));
+    let entries: Vec<PresenceEntry> = (0..6000)
+        .map(|i| PresenceEntry {
+            client: format!("b-{i:05}"),
+            user: format!("u{}", i % 1000),
+            info: Some(info.clone()),
+            node: String::new(),
+            protocol: "websocket".into(),
+            since_unix_ms: 1,
+        })
+        .collect();
+    b.node.presence.lock().insert("room:big".into(), entries);
+    let answer = a.cluster.presence(&ch("room:big")).await.unwrap();
     assert!(
-        t.elapsed() < Duration::from_millis(900),
+        answer.missing_nodes.is_empty(),
         "{:?}",
-        t.elapsed()
+        answer.missing_nodes
     );
+    assert_eq!((answer.connections(), answer.users()), (6000, 1000));
+    assert!(
+        answer
+            .clients
+            .iter()
+            .all(|c| c.node == "B" && c.info.as_deref() == Some(info.as_str()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_of_a_node_that_dies_are_said_to_leave() {
+    let server = server().await;
+    let a = start_node(vec![server.url()], "A", 0, 1).await;
+    let b = start_node(vec![server.url()], "B", 0, 1).await;
+    settle(&[&a, &b]).await;
+    let event = |kind, client: &str| PresenceEvent {
+        kind,
+        channel: "room:1".into(),
+        client: client.into(),
+        user: format!("user-{client}"),
+        info: None,
+        node: "B".into(),
+    };
+    for e in [
+        event(PresenceKind::Join, "b1"),
+        event(PresenceKind::Join, "b2"),
+        event(PresenceKind::Join, "b3"),
+        event(PresenceKind::Leave, "b2"),
+    ] {
+        b.node.events_tx.send(e).await.unwrap();
+    }
+    eventually("B's events at A", Duration::from_secs(10), || {
+        a.node.delivered().len() == 4
+    })
+    .await;
+    // B dies without a word: once its heartbeats are missed, A tells its own subscribers that
+    // B's clients still there left.
+    let Node {
+        cluster, broker, ..
+    } = b;
+    drop(cluster);
+    drop(broker);
+    eventually("leaves for B's clients", Duration::from_secs(10), || {
+        a.node.delivered().len() == 6
+    })
+    .await;
+    let mut said: Vec<(PresenceKind, String)> = a.node.delivered()[4..]
+        .iter()
+        .map(|e| (e.kind, e.client.clone()))
+        .collect();
+    said.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(
+        said,
+        [
+            (PresenceKind::Leave, "b1".to_owned()),
+            (PresenceKind::Leave, "b3".to_owned())
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(a.node.delivered().len(), 6, "said once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
