@@ -751,6 +751,15 @@ async fn per_user_limit_and_bad_input_get_clear_errors() {
             api.revoke_token(RevokeTokenRequest::default()).await.err(),
         ),
         (
+            "until beyond 30 days",
+            api.revoke_token(RevokeTokenRequest {
+                jti: "t".into(),
+                until: herald_auth::now_secs() + 31 * 24 * 3600,
+            })
+            .await
+            .err(),
+        ),
+        (
             "past until",
             api.revoke_token(RevokeTokenRequest {
                 jti: "t".into(),

@@ -117,6 +117,9 @@ fn cluster_status(e: ClusterError) -> Status {
 const MAX_USER: usize = 256;
 /// Default lifetime of a revocation without `until`.
 const DEFAULT_REVOCATION: u64 = 24 * 3600;
+/// Longest lifetime of a revocation (what the NATS revocation stream retains), so both
+/// brokers accept the same requests.
+const MAX_REVOCATION: u64 = 30 * 24 * 3600;
 
 fn user(user: &str) -> Result<String, Status> {
     if user.is_empty() || user.len() > MAX_USER {
@@ -134,6 +137,9 @@ fn until(until: u64, now: u64) -> Result<u64, Status> {
         0 => Ok(now + DEFAULT_REVOCATION),
         t if t <= now => Err(Status::invalid_argument(format!(
             "until ({t}) is not in the future (now {now})"
+        ))),
+        t if t > now + MAX_REVOCATION => Err(Status::invalid_argument(format!(
+            "until ({t}) is more than 30 days ahead: revocations are kept 30 days at most; revoke again later, or rotate the signing key"
         ))),
         t => Ok(t),
     }
