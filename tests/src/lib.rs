@@ -121,8 +121,12 @@ fn free_port() -> SocketAddr {
 }
 
 /// Path of the `herald` binary next to the running test executable
-/// (`target/<profile>/deps/<test>` → `target/<profile>/herald`).
+/// (`target/<profile>/deps/<test>` → `target/<profile>/herald`), or `HERALD_BIN` when set
+/// (a measurement run against a release build).
 pub fn herald_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("HERALD_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
         .parent()

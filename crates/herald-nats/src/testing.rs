@@ -16,12 +16,23 @@ pub const NATS_SERVER_BIN: &str = "/usr/sbin/nats-server";
 /// How long a server may take to report healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and never handed out before by this process: a
+/// server restarted on its port must not find it given to another test's server meanwhile.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// One `nats-server` with JetStream. Can be killed and restarted on the same port and store.
@@ -119,24 +130,48 @@ impl NatsServer {
     }
 
     fn signal(&self, sig: &str) {
-        if let Some(child) = &self.child {
-            let status = Command::new("kill")
+        assert!(self.try_signal(sig), "kill {sig} failed");
+    }
+
+    /// Sends a signal; false when it could not be sent (the process is gone).
+    fn try_signal(&self, sig: &str) -> bool {
+        match &self.child {
+            Some(child) => Command::new("kill")
                 .args([sig, &child.id().to_string()])
+                .stderr(Stdio::null())
                 .status()
-                .unwrap_or_else(|e| panic!("kill {sig}: {e}"));
-            assert!(status.success(), "kill {sig} failed");
+                .is_ok_and(|s| s.success()),
+            None => true,
         }
     }
 
     /// Starts the server again on the same port with the same store and waits until healthy.
+    /// A port still held for a moment (a connection of the old process in the kernel's
+    /// hands) is retried for a few seconds.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        for _ in 0..20 {
+            self.spawn();
+            match self.try_wait_ready() {
+                Ok(()) => return,
+                Err(log) if log.contains("address already in use") => {
+                    self.kill();
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
         self.wait_ready();
     }
 
     /// Blocks until `/healthz` on the monitor port answers 200 (JetStream included).
     pub fn wait_ready(&mut self) {
+        if let Err(e) = self.try_wait_ready() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
@@ -144,23 +179,24 @@ impl NatsServer {
             {
                 let log =
                     std::fs::read_to_string(self.store.path().join("nats.log")).unwrap_or_default();
-                panic!("nats-server exited ({status}); log:\n{log}");
+                return Err(format!("nats-server exited ({status}); log:\n{log}"));
             }
             if healthz_ok(self.monitor) {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
+        Err(format!(
             "nats-server on port {} not healthy within {READY_TIMEOUT:?}",
             self.port
-        );
+        ))
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        self.resume();
+        // Never panics: a drop while a test unwinds must not abort the whole test binary.
+        self.try_signal("-CONT");
         self.kill();
     }
 }
