@@ -36,6 +36,8 @@ pub use auth::ApiKeys;
 
 /// Most messages in one `History` answer.
 pub const MAX_HISTORY_LIMIT: u32 = 10_000;
+/// Messages in a `History` answer when the request leaves `limit` unset (0).
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 /// Most channels in one `Channels` answer (and its default).
 pub const MAX_CHANNELS_LIMIT: u32 = 1000;
 /// Default `WatchStats` interval.
@@ -442,12 +444,15 @@ impl Herald for HeraldService {
                     Status::invalid_argument(format!("since {:?}: {e}", truncate(s)))
                 })?,
             };
-            if req.limit == 0 || req.limit > MAX_HISTORY_LIMIT {
-                return Err(Status::invalid_argument(format!(
-                    "limit must be 1 to {MAX_HISTORY_LIMIT}, got {}",
-                    req.limit
-                )));
-            }
+            let limit = match req.limit {
+                0 => DEFAULT_HISTORY_LIMIT,
+                n if n > MAX_HISTORY_LIMIT => {
+                    return Err(Status::invalid_argument(format!(
+                        "limit must be 0 (default, {DEFAULT_HISTORY_LIMIT}) to {MAX_HISTORY_LIMIT}, got {n}"
+                    )));
+                }
+                n => n,
+            };
             self.metrics.history_reads.inc();
             let page = self
                 .broker
@@ -455,7 +460,7 @@ impl Herald for HeraldService {
                     &channel,
                     HistoryQuery {
                         after: since,
-                        limit: req.limit as usize,
+                        limit: limit as usize,
                     },
                 )
                 .await
