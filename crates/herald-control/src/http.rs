@@ -288,8 +288,13 @@ impl Input {
             Input::Body(b) if b.iter().all(u8::is_ascii_whitespace) => {
                 serde_json::from_str("{}").map_err(|e| bad_request(e.to_string()))
             }
-            Input::Body(b) => serde_json::from_slice(b)
-                .map_err(|e| bad_request(format!("request body: {e} (send one JSON object)"))),
+            // Through axum's `Json`, whose errors name the field (`limit: invalid type`).
+            Input::Body(b) => Json::<T>::from_bytes(b).map(|Json(v)| v).map_err(|e| {
+                bad_request(format!(
+                    "request body: {} (send one JSON object)",
+                    e.body_text()
+                ))
+            }),
         }
     }
 }
