@@ -280,7 +280,7 @@ enum Input {
 }
 
 impl Input {
-    fn parse<T: DeserializeOwned>(&self) -> Result<T, Response> {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, Refusal> {
         match self {
             Input::Query(uri) => Query::<T>::try_from_uri(uri)
                 .map(|Query(v)| v)
@@ -299,7 +299,7 @@ impl Input {
     }
 }
 
-fn bad_request(message: String) -> Response {
+fn bad_request(message: String) -> Refusal {
     refuse(StatusCode::BAD_REQUEST, Code::InvalidArgument, message)
 }
 
@@ -344,42 +344,43 @@ async fn handle(api: Api, endpoint: Endpoint, req: Request) -> Response {
         .config
         .api_keys
         .check(grpc_request((), &headers).metadata());
-    let input = match checked {
+    let answer = match checked {
         Err(s) => Err(refuse(http_status(s.code()), s.code(), s.message())),
-        Ok(()) => read(&api, req).await,
-    };
-    let answer = match input {
-        Ok(input) => dispatch(&api.service, endpoint, &headers, &input).await,
-        Err(refused) => Err(refused),
+        Ok(()) => match read(&api, req).await {
+            Ok(input) => dispatch(&api.service, endpoint, &headers, &input).await,
+            Err(refused) => Err(refused),
+        },
     };
     match answer {
         Ok(response) => response,
         Err(refused) => {
-            // Refused before the service ran (key, media type, size, JSON): counted here, as the
-            // service counts what it refuses.
-            if let Some(code) = refused.extensions().get::<Refused>() {
-                let r: Result<(), Status> = Err(Status::new(code.0, ""));
-                api.service.record_api(endpoint.method(), "http", start, &r);
-            }
-            refused
+            // Refused before the service ran (key, media type, size, JSON): counted here, as
+            // the service counts what it answers.
+            let r: Result<(), Status> = Err(Status::new(refused.code, ""));
+            api.service.record_api(endpoint.method(), "http", start, &r);
+            error(refused.status, refused.code, refused.message)
         }
     }
 }
 
-/// Marks an answer refused by this module before the service ran, with its gRPC code.
-#[derive(Debug, Clone, Copy)]
-struct Refused(Code);
+/// A request refused by this module before the service ran.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    code: Code,
+    message: String,
+}
 
-/// A refusal of this module (counted in the method's metrics, unlike the service's own
-/// answers, which the service counts).
-fn refuse(status: StatusCode, code: Code, message: impl Into<String>) -> Response {
-    let mut response = error(status, code, message);
-    response.extensions_mut().insert(Refused(code));
-    response
+fn refuse(status: StatusCode, code: Code, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message: message.into(),
+    }
 }
 
 /// The request's fields: the query string of a `GET`, the JSON body of a `POST`.
-async fn read(api: &Api, req: Request) -> Result<Input, Response> {
+async fn read(api: &Api, req: Request) -> Result<Input, Refusal> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return Ok(Input::Query(req.uri().clone()));
     }
@@ -431,21 +432,21 @@ async fn read(api: &Api, req: Request) -> Result<Input, Response> {
 }
 
 /// Parses the input as the endpoint's request, runs the gRPC method, and answers with its
-/// JSON or its status.
+/// JSON or its status (`Err`: the input could not be parsed; the service did not run).
 async fn dispatch(
     service: &HeraldService,
     endpoint: Endpoint,
     headers: &HeaderMap,
     input: &Input,
-) -> Result<Response, Response> {
+) -> Result<Response, Refusal> {
     fn reply<R, J: Serialize>(
         result: Result<tonic::Response<R>, Status>,
         map: impl FnOnce(R) -> Result<J, Status>,
-    ) -> Result<Response, Response> {
-        match result.and_then(|r| map(r.into_inner())) {
-            Ok(j) => Ok(Json(j).into_response()),
-            Err(s) => Err(status_response(&s)),
-        }
+    ) -> Result<Response, Refusal> {
+        Ok(match result.and_then(|r| map(r.into_inner())) {
+            Ok(j) => Json(j).into_response(),
+            Err(s) => status_response(&s),
+        })
     }
     let h = headers;
     match endpoint {
