@@ -142,7 +142,7 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
             tracing::warn!(
                 grpc = %config.grpc_addr,
                 api = %config.api_addr,
-                "NO API KEY CONFIGURED: the gRPC API and the HTTP/JSON API (publish, drain) listen on loopback only; set HERALD_API_KEYS or HERALD_API_KEYS_FILE to serve them on other addresses (or HERALD_API_INSECURE=true to do so without keys)"
+                "NO API KEY CONFIGURED: the control plane (gRPC and HTTP/JSON APIs: publish, drain) listens on loopback only; set HERALD_API_KEYS or HERALD_API_KEYS_FILE to serve it on other addresses (or HERALD_API_INSECURE=true to do so without keys)"
             );
         } else if config.grpc_addr.ip().is_loopback() && config.api_addr.ip().is_loopback() {
             tracing::warn!(grpc = %config.grpc_addr, api = %config.api_addr, "NO API KEY CONFIGURED: the gRPC API and the HTTP/JSON API are open to anyone on this machine");
