@@ -41,7 +41,7 @@ impl Launch<'_> {
         let log_dir = tempfile::tempdir().expect("temp dir for the node log");
         let log_path = log_dir.path().join("herald.log");
         let log = File::create(&log_path).expect("creating the node log");
-        let (http, grpc, admin) = (free_port(), free_port(), free_port());
+        let (http, grpc, api, admin) = (free_port(), free_port(), free_port(), free_port());
         let mut cmd = match (&self.netns, self.nofile) {
             (Some(addrs), _) => {
                 let mut script = "ip link set lo up".to_owned();
@@ -71,6 +71,7 @@ impl Launch<'_> {
         if self.netns.is_none() {
             cmd.env("HERALD_HTTP_ADDR", http.to_string())
                 .env("HERALD_GRPC_ADDR", grpc.to_string())
+                .env("HERALD_API_ADDR", api.to_string())
                 .env("HERALD_ADMIN_ADDR", admin.to_string());
         }
         cmd.env("HERALD_NODE_ID", "e2e-hard")
@@ -87,6 +88,7 @@ impl Launch<'_> {
             exited: None,
             http,
             grpc,
+            api,
             admin,
             log_path,
             _log_dir: log_dir,

@@ -153,6 +153,8 @@ pub struct Node {
     pub http: SocketAddr,
     /// gRPC control-plane address.
     pub grpc: SocketAddr,
+    /// HTTP/JSON API address (`/api/v1/...`).
+    pub api: SocketAddr,
     /// Admin address (`/metrics`, `/healthz`, `/readyz`).
     pub admin: SocketAddr,
     log_path: PathBuf,
@@ -171,11 +173,12 @@ impl Node {
             let log_dir = tempfile::tempdir().expect("temp dir for the node log");
             let log_path = log_dir.path().join("herald.log");
             let log = File::create(&log_path).expect("creating the node log");
-            let (http, grpc, admin) = (free_port(), free_port(), free_port());
+            let (http, grpc, api, admin) = (free_port(), free_port(), free_port(), free_port());
             let mut cmd = Command::new(&bin);
             cmd.arg("serve")
                 .env("HERALD_HTTP_ADDR", http.to_string())
                 .env("HERALD_GRPC_ADDR", grpc.to_string())
+                .env("HERALD_API_ADDR", api.to_string())
                 .env("HERALD_ADMIN_ADDR", admin.to_string())
                 .env("HERALD_NODE_ID", "e2e")
                 .env("HERALD_LOG", "info,herald_edge=debug")
@@ -193,6 +196,7 @@ impl Node {
                 exited: None,
                 http,
                 grpc,
+                api,
                 admin,
                 log_path,
                 _log_dir: log_dir,
@@ -247,6 +251,11 @@ impl Node {
     /// `http://<client address>`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http)
+    }
+
+    /// `http://<HTTP/JSON API address>`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
     }
 
     /// `http://<admin address>`.

@@ -37,9 +37,9 @@ async fn in_namespace(extra: &[(&str, &str)]) -> Node {
     .await
     .unwrap_or_else(|(s, log)| panic!("node exited ({s}):\n{log}"));
     let pid = node.pid();
-    eventually(TIMEOUT, "all three ports listening", || async move {
+    eventually(TIMEOUT, "all four ports listening", || async move {
         let ports: Vec<u16> = listening(pid).iter().map(|a| a.port()).collect();
-        [8080, 50051, 9464]
+        [8080, 50051, 8081, 9464]
             .iter()
             .all(|p| ports.contains(p))
             .then_some(())
@@ -61,6 +61,11 @@ async fn without_keys_the_control_plane_stays_on_this_machine() {
     assert!(
         !l.iter().any(|a| a.port() == 50051 && !a.ip().is_loopback()),
         "gRPC on no other address: {l:?}"
+    );
+    assert!(
+        l.contains(&"127.0.0.1:8081".parse().unwrap())
+            && !l.iter().any(|a| a.port() == 8081 && !a.ip().is_loopback()),
+        "the HTTP/JSON API on loopback only: {l:?}"
     );
     assert!(
         l.contains(&"0.0.0.0:8080".parse().unwrap()),
@@ -100,6 +105,7 @@ async fn without_keys_the_control_plane_stays_on_this_machine() {
     // Explicitly insecure: served on every address, no key needed.
     let node = in_namespace(&[("HERALD_API_INSECURE", "true")]).await;
     assert!(listening(node.pid()).contains(&"0.0.0.0:50051".parse().unwrap()));
+    assert!(listening(node.pid()).contains(&"0.0.0.0:8081".parse().unwrap()));
     let (ok, out) = in_netns(
         node.pid(),
         &["publish", "news", "{}"],
@@ -112,6 +118,7 @@ async fn without_keys_the_control_plane_stays_on_this_machine() {
     let key = "hardening-key-0123456789abcdef";
     let node = in_namespace(&[("HERALD_API_KEYS", key)]).await;
     assert!(listening(node.pid()).contains(&"0.0.0.0:50051".parse().unwrap()));
+    assert!(listening(node.pid()).contains(&"0.0.0.0:8081".parse().unwrap()));
     let (ok, out) = in_netns(
         node.pid(),
         &["publish", "news", "{}"],

@@ -5,7 +5,8 @@
 //! - `fanout`: N WebSocket subscribers on one channel, publishes through gRPC at a fixed
 //!   rate with a timestamp and sequence in every payload, and reports deliveries per second,
 //!   latency percentiles, lost and duplicated messages, and server CPU per delivery.
-//! - `publish`: publishes per second through gRPC, unary or `PublishStream`.
+//! - `publish`: publishes per second through gRPC, unary or `PublishStream`, or through the
+//!   HTTP/JSON API (`--mode http`, kept-alive connections).
 //! - `storm`: N WebSocket clients resume one channel at once (over one or more nodes), with
 //!   the broker reads it cost (from each node's metrics).
 //! - `catchup`: a resume N messages back: time to the first message, backlog rate, and
@@ -254,12 +255,15 @@ enum Cmd {
         #[arg(long, required = true)]
         pid: Vec<u32>,
     },
-    /// Publishes per second through gRPC: unary calls or PublishStream.
+    /// Publishes per second through gRPC (unary calls or PublishStream) or the HTTP/JSON API.
     Publish {
         /// gRPC endpoint, e.g. http://127.0.0.1:50051; several separated by commas spread the
         /// calls or streams over several nodes.
-        #[arg(long)]
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
         grpc: String,
+        /// HTTP/JSON API base URL, for `--mode http`.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        api: String,
         #[arg(long, value_enum, default_value = "stream")]
         mode: publish::Mode,
         /// Unary: calls in flight; stream: streams.
@@ -752,6 +756,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Publish {
             grpc,
+            api,
             mode,
             concurrency,
             connections,
@@ -761,6 +766,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             publish::run(publish::PublishBench {
                 grpc,
+                api,
                 mode,
                 concurrency,
                 duration,

@@ -1,6 +1,8 @@
 //! `herald-bench publish`: publishes per second through the gRPC API, unary calls (many in
-//! flight) or `PublishStream` (bidirectional, flow-controlled by the server), for a fixed
-//! duration. Every publish must succeed; errors are counted and reported.
+//! flight) or `PublishStream` (bidirectional, flow-controlled by the server), or through the
+//! HTTP/JSON API (`POST /api/v1/publish` on kept-alive HTTP/1.1 connections, one request in
+//! flight per connection), for a fixed duration. Every publish must succeed; errors are
+//! counted and reported.
 
 use std::{
     sync::{
@@ -27,11 +29,15 @@ pub(crate) enum Mode {
     Unary,
     /// `PublishStream`, `--concurrency` streams.
     Stream,
+    /// `POST /api/v1/publish` on `--api`, `--concurrency` kept-alive connections each with
+    /// one request in flight.
+    Http,
 }
 
 /// Settings of one run.
 pub(crate) struct PublishBench {
     pub(crate) grpc: String,
+    pub(crate) api: String,
     pub(crate) mode: Mode,
     pub(crate) concurrency: usize,
     pub(crate) duration: Duration,
@@ -53,7 +59,11 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
     // `--grpc a,b,c`: the calls or streams are spread over several nodes (a hot channel
     // published from many places).
     let mut clients = Vec::new();
-    for _ in 0..b.connections.max(1) {
+    for _ in 0..if b.mode == Mode::Http {
+        0
+    } else {
+        b.connections.max(1)
+    } {
         for endpoint in b.grpc.split(',').filter(|e| !e.is_empty()) {
             let channel = Channel::from_shared(endpoint.to_owned())
                 .context("--grpc")?
@@ -63,7 +73,16 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
             clients.push(HeraldClient::new(channel));
         }
     }
-    anyhow::ensure!(!clients.is_empty(), "--grpc names no endpoint");
+    anyhow::ensure!(
+        b.mode == Mode::Http || !clients.is_empty(),
+        "--grpc names no endpoint"
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(b.concurrency.max(1))
+        .build()
+        .context("HTTP client")?;
+    let url = format!("{}/api/v1/publish", b.api.trim_end_matches('/'));
     let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let names: Arc<Vec<String>> = Arc::new(
         (0..b.channels.max(1))
@@ -76,7 +95,8 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
     let deadline = start + b.duration;
     let mut tasks = Vec::new();
     for t in 0..b.concurrency.max(1) {
-        let mut client = clients[t % clients.len()].clone();
+        let mut client = clients.get(t % clients.len().max(1)).cloned();
+        let (http, url) = (http.clone(), url.clone());
         let (names, ok, failed, size) = (names.clone(), ok.clone(), failed.clone(), b.size);
         let first_error = first_error.clone();
         let note = move |error: String| {
@@ -93,6 +113,9 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
                             channel: names[(i as usize) % names.len()].clone(),
                             data: payload(i, size),
                             idempotency_key: String::new(),
+                        };
+                        let Some(client) = client.as_mut() else {
+                            return;
                         };
                         match client.publish(req).await {
                             Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
@@ -124,6 +147,9 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
                             }
                         }
                     });
+                    let Some(client) = client.as_mut() else {
+                        return;
+                    };
                     let results = client
                         .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
                         .await;
@@ -145,6 +171,41 @@ pub(crate) async fn run(b: PublishBench) -> anyhow::Result<()> {
                         };
                     }
                     let _ = producer.await;
+                }
+                Mode::Http => {
+                    let mut i = t as u64;
+                    while Instant::now() < deadline {
+                        let name = &names[(i as usize) % names.len()];
+                        let data = payload(i, size);
+                        let mut body = Vec::with_capacity(data.len() + name.len() + 24);
+                        body.extend_from_slice(b"{\"channel\":\"");
+                        body.extend_from_slice(name.as_bytes());
+                        body.extend_from_slice(b"\",\"data\":");
+                        body.extend_from_slice(&data);
+                        body.push(b'}');
+                        let r = http
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status().is_success() => {
+                                let _ = r.bytes().await;
+                                ok.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Ok(r) => {
+                                let status = r.status();
+                                note(format!("{status}: {}", r.text().await.unwrap_or_default()));
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Err(e) => {
+                                note(e.to_string());
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                        i += 1_000_003;
+                    }
                 }
             }
         }));

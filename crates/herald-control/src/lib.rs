@@ -5,6 +5,7 @@
 //! `herald.v1` call checks the API key first ([`ApiKeys`]); health and reflection stay open.
 
 mod auth;
+pub mod http;
 mod stats;
 mod stream;
 
@@ -36,6 +37,8 @@ pub use auth::ApiKeys;
 
 /// Most messages in one `History` answer.
 pub const MAX_HISTORY_LIMIT: u32 = 10_000;
+/// Messages in a `History` answer when the request leaves `limit` unset (0).
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 /// Most channels in one `Channels` answer (and its default).
 pub const MAX_CHANNELS_LIMIT: u32 = 1000;
 /// Default `WatchStats` interval.
@@ -207,6 +210,7 @@ impl HeraldService {
     {
         let start = Instant::now();
         let span = rpc_span(method, &request);
+        let api = api_label(&request);
         let r = match self.config.api_keys.check(request.metadata()) {
             Ok(()) => f(request.into_inner())
                 .instrument(span)
@@ -214,7 +218,7 @@ impl HeraldService {
                 .map(Response::new),
             Err(s) => Err(s),
         };
-        self.record(method, start, &r);
+        self.record_api(method, api, start, &r);
         r
     }
 
@@ -272,22 +276,41 @@ impl HeraldService {
         Ok(published)
     }
 
+    /// Records a gRPC call (`api="grpc"`).
     fn record<T>(&self, method: &str, start: Instant, r: &Result<T, Status>) {
+        self.record_api(method, "grpc", start, r);
+    }
+
+    fn record_api<T>(&self, method: &str, api: &str, start: Instant, r: &Result<T, Status>) {
         let code = match r {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
         self.metrics
             .grpc_requests
-            .with_label_values(&[method, code_name(code)])
+            .with_label_values(&[method, code_name(code), api])
             .inc();
         self.metrics
             .grpc_duration
-            .with_label_values(&[method])
+            .with_label_values(&[method, api])
             .observe(start.elapsed().as_secs_f64());
         if code == tonic::Code::InvalidArgument {
             self.metrics.refuse("invalid_request");
         }
+    }
+}
+
+/// Marks a call made through the HTTP/JSON API (a request extension set by [`http`]): its
+/// metrics carry `api="http"`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpCall;
+
+/// The `api` label of a call: `http` for the HTTP/JSON API, else `grpc`.
+fn api_label<Q>(request: &Request<Q>) -> &'static str {
+    if request.extensions().get::<HttpCall>().is_some() {
+        "http"
+    } else {
+        "grpc"
     }
 }
 
@@ -442,12 +465,15 @@ impl Herald for HeraldService {
                     Status::invalid_argument(format!("since {:?}: {e}", truncate(s)))
                 })?,
             };
-            if req.limit == 0 || req.limit > MAX_HISTORY_LIMIT {
-                return Err(Status::invalid_argument(format!(
-                    "limit must be 1 to {MAX_HISTORY_LIMIT}, got {}",
-                    req.limit
-                )));
-            }
+            let limit = match req.limit {
+                0 => DEFAULT_HISTORY_LIMIT,
+                n if n > MAX_HISTORY_LIMIT => {
+                    return Err(Status::invalid_argument(format!(
+                        "limit must be 0 (default, {DEFAULT_HISTORY_LIMIT}) to {MAX_HISTORY_LIMIT}, got {n}"
+                    )));
+                }
+                n => n,
+            };
             self.metrics.history_reads.inc();
             let page = self
                 .broker
@@ -455,7 +481,7 @@ impl Herald for HeraldService {
                     &channel,
                     HistoryQuery {
                         after: since,
-                        limit: req.limit as usize,
+                        limit: limit as usize,
                     },
                 )
                 .await
@@ -721,6 +747,12 @@ impl HeraldService {
     }
 }
 
+/// Largest request accepted, in bytes: a gRPC message, or an HTTP/JSON API body. Twice the
+/// message limit (room for the other fields, e.g. a broadcast's channel list), at least 4 MiB.
+pub(crate) fn decode_limit(config: &ControlConfig) -> usize {
+    (config.max_message_bytes * 2).max(4 << 20)
+}
+
 /// TLS for the gRPC port: PEM certificate chain and private key.
 #[derive(Clone)]
 pub struct TlsFiles {
@@ -776,7 +808,7 @@ pub async fn serve(
             tracing::error!(error = %e, "reflection descriptors are invalid");
             e
         });
-    let decode_limit = (service.config.max_message_bytes * 2).max(4 << 20);
+    let decode_limit = decode_limit(&service.config);
     let herald = HeraldServer::new(service).max_decoding_message_size(decode_limit);
     let mut builder = Server::builder();
     if let Some(tls) = tls {

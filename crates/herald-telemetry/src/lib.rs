@@ -96,6 +96,23 @@ pub const GRPC_METHODS: [&str; 15] = [
     "RevokeUser",
 ];
 
+/// The methods the HTTP/JSON API serves (every unary one), exported with `api="http"`.
+pub const HTTP_API_METHODS: [&str; 13] = [
+    "Publish",
+    "Broadcast",
+    "History",
+    "Channels",
+    "Stats",
+    "DrainNode",
+    "Presence",
+    "PresenceStats",
+    "Disconnect",
+    "Unsubscribe",
+    "Subscribe",
+    "RevokeToken",
+    "RevokeUser",
+];
+
 /// Latency buckets (seconds) for delivery and publish histograms: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -150,9 +167,10 @@ pub struct Metrics {
     pub gaps: IntCounterVec,
     /// Requests refused by validation or a limit, by reason.
     pub refused: IntCounterVec,
-    /// gRPC requests by method and status code.
+    /// Control-plane requests by method, status code and `api` (`grpc`, or `http` for the
+    /// HTTP/JSON API, which runs the same methods).
     pub grpc_requests: IntCounterVec,
-    /// gRPC request duration by method, seconds.
+    /// Control-plane request duration by method and `api`, seconds.
     pub grpc_duration: HistogramVec,
     /// 1 while the node drains.
     pub draining: IntGauge,
@@ -283,17 +301,17 @@ impl Metrics {
             )?,
             grpc_requests: counter_vec(
                 "herald_grpc_requests_total",
-                "gRPC requests by method and status code.",
-                &["method", "code"],
+                "herald.v1.Herald requests by method, status code and api (grpc, or http for the HTTP/JSON API).",
+                &["method", "code", "api"],
             )?,
             grpc_duration: {
                 let m = HistogramVec::new(
                     HistogramOpts::new(
                         "herald_grpc_request_duration_seconds",
-                        "gRPC request duration by method.",
+                        "herald.v1.Herald request duration by method and api (grpc or http).",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["method"],
+                    &["method", "api"],
                 )?;
                 registry.register(Box::new(m.clone()))?;
                 m
@@ -345,8 +363,12 @@ impl Metrics {
             m.recent_cache.with_label_values(&[r]);
         }
         for method in GRPC_METHODS {
-            m.grpc_duration.with_label_values(&[method]);
-            m.grpc_requests.with_label_values(&[method, "OK"]);
+            m.grpc_duration.with_label_values(&[method, "grpc"]);
+            m.grpc_requests.with_label_values(&[method, "OK", "grpc"]);
+        }
+        for method in HTTP_API_METHODS {
+            m.grpc_duration.with_label_values(&[method, "http"]);
+            m.grpc_requests.with_label_values(&[method, "OK", "http"]);
         }
         let info = IntGaugeVec::new(
             Opts::new(

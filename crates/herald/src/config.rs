@@ -15,6 +15,8 @@ use serde::Deserialize;
 pub(crate) const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 /// Default gRPC address.
 pub(crate) const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
+/// Default HTTP/JSON API address.
+pub(crate) const DEFAULT_API_ADDR: &str = "0.0.0.0:8081";
 /// Default admin (metrics, health) address.
 pub(crate) const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9464";
 /// Default NATS URL.
@@ -97,6 +99,10 @@ pub(crate) struct Settings {
     /// without; a non-loopback address without keys needs HERALD_API_INSECURE=true].
     #[arg(long, env = "HERALD_GRPC_ADDR")]
     pub(crate) grpc_addr: Option<SocketAddr>,
+    /// HTTP/JSON API address (`/api/v1/...`, same methods and keys as gRPC) [default:
+    /// 0.0.0.0:8081 with API keys, 127.0.0.1:8081 without; same rule as HERALD_GRPC_ADDR].
+    #[arg(long, env = "HERALD_API_ADDR")]
+    pub(crate) api_addr: Option<SocketAddr>,
     /// Admin address: /metrics, /healthz, /readyz [default: 0.0.0.0:9464].
     #[arg(long, env = "HERALD_ADMIN_ADDR")]
     pub(crate) admin_addr: Option<SocketAddr>,
@@ -301,7 +307,7 @@ impl Settings {
             .with_context(|| format!("reading config file {} (HERALD_CONFIG)", path.display()))?;
         let file: Settings = toml::from_str(&text)
             .with_context(|| format!("parsing config file {}", path.display()))?;
-        layer!(self, file; http_addr, grpc_addr, admin_addr, broker, nats_url, node_id,
+        layer!(self, file; http_addr, grpc_addr, api_addr, admin_addr, broker, nats_url, node_id,
             nats_stream, nats_replicas, nats_storage, nats_live_interest, nats_user, nats_password, nats_token,
             nats_creds, nats_ca, nats_tls,
             history_size, history_ttl, max_message_bytes, outbox_bytes, recent_cache_bytes, fanout_shard_min, max_connections,
@@ -320,6 +326,7 @@ impl Settings {
 pub(crate) struct Config {
     pub(crate) http_addr: SocketAddr,
     pub(crate) grpc_addr: SocketAddr,
+    pub(crate) api_addr: SocketAddr,
     pub(crate) admin_addr: SocketAddr,
     pub(crate) broker: BrokerKind,
     pub(crate) nats: NatsBrokerConfig,
@@ -335,6 +342,8 @@ pub(crate) struct Config {
     pub(crate) api_insecure: bool,
     /// No API key and no `HERALD_GRPC_ADDR`: the API was moved to loopback.
     pub(crate) grpc_loopback_only: bool,
+    /// No API key and no `HERALD_API_ADDR`: the HTTP/JSON API was moved to loopback.
+    pub(crate) api_loopback_only: bool,
     /// `HERALD_FD_RESERVE`, if set.
     pub(crate) fd_reserve: Option<u64>,
     pub(crate) log: String,
@@ -653,24 +662,13 @@ impl Config {
         }
         // Secure by default: without API keys, the control plane (publish, drain) is only
         // reachable from this machine unless the operator says otherwise.
+        // The HTTP/JSON API runs the same methods with the same keys: same rule.
         let api_insecure = s.api_insecure.unwrap_or(false);
-        let mut grpc_addr = s.grpc_addr.unwrap_or_else(|| parse_addr(DEFAULT_GRPC_ADDR));
-        let mut grpc_loopback_only = false;
-        if control.api_keys.is_open() && !api_insecure {
-            match s.grpc_addr {
-                None => {
-                    grpc_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                    grpc_loopback_only = true;
-                }
-                Some(addr) if !addr.ip().is_loopback() => bail!(
-                    "HERALD_GRPC_ADDR {addr} is not a loopback address and no API key is configured: \
-                     anyone reaching it could publish and drain. Set HERALD_API_KEYS or \
-                     HERALD_API_KEYS_FILE, listen on 127.0.0.1, or set HERALD_API_INSECURE=true \
-                     to serve the API without keys"
-                ),
-                Some(_) => {}
-            }
-        }
+        let open = control.api_keys.is_open() && !api_insecure;
+        let (grpc_addr, grpc_loopback_only) =
+            control_addr(s.grpc_addr, DEFAULT_GRPC_ADDR, "HERALD_GRPC_ADDR", open)?;
+        let (api_addr, api_loopback_only) =
+            control_addr(s.api_addr, DEFAULT_API_ADDR, "HERALD_API_ADDR", open)?;
         let node_id = s.node_id.unwrap_or_else(default_node_id);
         if node_id.is_empty() || node_id.len() > 128 {
             bail!("HERALD_NODE_ID must be 1 to 128 characters");
@@ -679,6 +677,7 @@ impl Config {
         Ok(Self {
             http_addr: s.http_addr.unwrap_or_else(|| parse_addr(DEFAULT_HTTP_ADDR)),
             grpc_addr,
+            api_addr,
             admin_addr: s
                 .admin_addr
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
@@ -725,6 +724,7 @@ impl Config {
             grpc_tls,
             api_insecure,
             grpc_loopback_only,
+            api_loopback_only,
             fd_reserve: s.fd_reserve,
             log: s.log.unwrap_or_else(|| "info".to_owned()),
             log_format: s.log_format.unwrap_or(LogFormat::Text),
@@ -737,6 +737,34 @@ impl Config {
             history: self.history,
             ..Default::default()
         }
+    }
+}
+
+/// The address of a control-plane listener (gRPC, HTTP/JSON API) and whether it was moved to
+/// loopback. `open`: no API key is configured and `HERALD_API_INSECURE` is not set; then the
+/// default address becomes loopback, and a non-loopback address given is refused.
+fn control_addr(
+    given: Option<SocketAddr>,
+    default: &str,
+    key: &str,
+    open: bool,
+) -> anyhow::Result<(SocketAddr, bool)> {
+    let mut addr = given.unwrap_or_else(|| parse_addr(default));
+    if !open {
+        return Ok((addr, false));
+    }
+    match given {
+        None => {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            Ok((addr, true))
+        }
+        Some(addr) if !addr.ip().is_loopback() => bail!(
+            "{key} {addr} is not a loopback address and no API key is configured: \
+             anyone reaching it could publish and drain. Set HERALD_API_KEYS or \
+             HERALD_API_KEYS_FILE, listen on 127.0.0.1, or set HERALD_API_INSECURE=true \
+             to serve the API without keys"
+        ),
+        Some(addr) => Ok((addr, false)),
     }
 }
 
@@ -792,6 +820,38 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+    }
+
+    #[test]
+    fn the_http_api_follows_the_grpc_rule() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.api_addr.to_string(), "127.0.0.1:8081");
+        assert!(c.api_loopback_only);
+        let given = |addr: &str, keys: Option<&str>, insecure: Option<bool>| {
+            Config::from_settings(Settings {
+                api_addr: Some(addr.parse().unwrap()),
+                api_keys: keys.map(str::to_owned),
+                api_insecure: insecure,
+                ..Default::default()
+            })
+        };
+        let e = given("0.0.0.0:8081", None, None).unwrap_err().to_string();
+        assert!(e.contains("HERALD_API_ADDR"), "{e}");
+        assert!(given("127.0.0.1:7", None, None).is_ok());
+        assert_eq!(
+            given("0.0.0.0:8081", None, Some(true))
+                .unwrap()
+                .api_addr
+                .to_string(),
+            "0.0.0.0:8081"
+        );
+        let c = Config::from_settings(Settings {
+            api_keys: Some("0123456789abcdef0123".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.api_addr.to_string(), DEFAULT_API_ADDR);
+        assert!(!c.api_loopback_only);
     }
 
     #[test]

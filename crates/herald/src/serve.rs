@@ -101,6 +101,7 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let http = bind(config.http_addr, "HERALD_HTTP_ADDR").await?;
     let grpc = bind(config.grpc_addr, "HERALD_GRPC_ADDR").await?;
+    let api = bind(config.api_addr, "HERALD_API_ADDR").await?;
     let admin = bind(config.admin_addr, "HERALD_ADMIN_ADDR").await?;
 
     let metrics = Arc::new(Metrics::new(&config.node_id, VERSION)?);
@@ -137,24 +138,26 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => Arc::new(LocalCluster::new(node.clone())),
     };
     if config.control.api_keys.is_open() {
-        if config.grpc_loopback_only {
+        if config.grpc_loopback_only || config.api_loopback_only {
             tracing::warn!(
                 grpc = %config.grpc_addr,
-                "NO API KEY CONFIGURED: the gRPC API (publish, drain) listens on loopback only; set HERALD_API_KEYS or HERALD_API_KEYS_FILE to serve it on other addresses (or HERALD_API_INSECURE=true to do so without keys)"
+                api = %config.api_addr,
+                "NO API KEY CONFIGURED: the control plane (gRPC and HTTP/JSON APIs: publish, drain) listens on loopback only; set HERALD_API_KEYS or HERALD_API_KEYS_FILE to serve it on other addresses (or HERALD_API_INSECURE=true to do so without keys)"
             );
-        } else if config.grpc_addr.ip().is_loopback() {
-            tracing::warn!(grpc = %config.grpc_addr, "NO API KEY CONFIGURED: the gRPC API is open to anyone on this machine");
+        } else if config.grpc_addr.ip().is_loopback() && config.api_addr.ip().is_loopback() {
+            tracing::warn!(grpc = %config.grpc_addr, api = %config.api_addr, "NO API KEY CONFIGURED: the gRPC API and the HTTP/JSON API are open to anyone on this machine");
         } else {
             tracing::warn!(
-                "NO API KEY CONFIGURED and HERALD_API_INSECURE=true: the gRPC API (publish, drain) is open to anyone who can reach {}",
-                config.grpc_addr
+                "NO API KEY CONFIGURED and HERALD_API_INSECURE=true: the gRPC API ({}) and the HTTP/JSON API ({}) (publish, drain) are open to anyone who can reach them",
+                config.grpc_addr,
+                config.api_addr
             );
         }
     } else {
         tracing::info!(
             keys = config.control.api_keys.len(),
             ignored_api_insecure = config.api_insecure,
-            "gRPC API keys required"
+            "API keys required (gRPC and HTTP/JSON API)"
         );
     }
     let policy = &config.edge.policy;
@@ -182,6 +185,11 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         let (edge, stop) = (edge.clone(), stop_http.clone());
         async move { edge.serve(http, stop).await }
     });
+    let api_task = tokio::spawn(herald_control::http::serve(
+        api,
+        control.clone(),
+        stop_rest.clone(),
+    ));
     let grpc_task = tokio::spawn(herald_control::serve(
         grpc,
         control,
@@ -204,7 +212,7 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     tracing::info!(
         node = %config.node_id, version = VERSION, broker = broker.kind(),
-        http = %config.http_addr, grpc = %config.grpc_addr, grpc_tls = config.grpc_tls.is_some(), admin = %config.admin_addr,
+        http = %config.http_addr, grpc = %config.grpc_addr, api = %config.api_addr, grpc_tls = config.grpc_tls.is_some(), admin = %config.admin_addr,
         "herald is serving"
     );
 
@@ -295,6 +303,7 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     stop_rest.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), grpc_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!("stopped");
     traces.shutdown().await;
