@@ -17,7 +17,7 @@ pub(crate) struct HistoryArgs {
     /// Only messages after this cursor (default: everything retained).
     #[arg(long)]
     since: Option<String>,
-    /// Most messages (1-10000).
+    /// Most messages (1-10000; 0: the default page of 100).
     #[arg(long, default_value_t = 100)]
     limit: u32,
     #[command(flatten)]
