@@ -94,7 +94,7 @@ class BinaryAcceptsChartEnv(unittest.TestCase):
             with open(path, "w") as f:
                 f.write(cms[0]["data"][os.path.basename(env["HERALD_CONFIG"])])
             env["HERALD_CONFIG"] = path
-        ports = {k: free_port() for k in ("HTTP", "GRPC", "ADMIN")}
+        ports = {k: free_port() for k in ("HTTP", "GRPC", "API", "ADMIN")}
         for k, p in ports.items():
             env[f"HERALD_{k}_ADDR"] = f"127.0.0.1:{p}"
         if env.get("HERALD_BROKER") == "nats":

@@ -110,11 +110,12 @@ class Scenarios(unittest.TestCase):
                 docs = load(s)
                 ports = {p["name"]: p["containerPort"] for p in herald_container(docs)["ports"]}
                 self.assertEqual(ports, {"http": want["HTTP"], "grpc": want["GRPC"],
-                                         "admin": want["ADMIN"]})
+                                         "api": want["API"], "admin": want["ADMIN"]})
                 env = herald_env(docs)
                 # The binary listens where the container ports say.
                 self.assertEqual(env["HERALD_HTTP_ADDR"], f"0.0.0.0:{want['HTTP']}")
                 self.assertEqual(env["HERALD_GRPC_ADDR"], f"0.0.0.0:{want['GRPC']}")
+                self.assertEqual(env["HERALD_API_ADDR"], f"0.0.0.0:{want['API']}")
                 self.assertEqual(env["HERALD_ADMIN_ADDR"], f"0.0.0.0:{want['ADMIN']}")
 
     def test_services_target_named_container_ports(self):
