@@ -62,10 +62,10 @@ start_nats() {
 
 # start_node I BROKER: Herald node I (memory or nats); sets HTTP_I, GRPC_I, PID_I.
 start_node() {
-  local i=$1 broker=$2 http grpc admin
-  http=$(free_port) grpc=$(free_port) admin=$(free_port)
+  local i=$1 broker=$2 http grpc admin api
+  http=$(free_port) grpc=$(free_port) admin=$(free_port) api=$(free_port)
   local env=(HERALD_BROKER="$broker" HERALD_NODE_ID="chan-$i" HERALD_LOG=warn
-    HERALD_HTTP_ADDR=127.0.0.1:$http HERALD_GRPC_ADDR=127.0.0.1:$grpc HERALD_ADMIN_ADDR=127.0.0.1:$admin
+    HERALD_HTTP_ADDR=127.0.0.1:$http HERALD_GRPC_ADDR=127.0.0.1:$grpc HERALD_ADMIN_ADDR=127.0.0.1:$admin HERALD_API_ADDR=127.0.0.1:$api
     HERALD_MAX_CONNECTIONS=100000 HERALD_MAX_CHANNELS_PER_CONNECTION=100)
   [ "$broker" = nats ] && env+=(HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT" HERALD_NATS_STORAGE=file
     HERALD_NATS_STREAM=CHANNELS HERALD_NATS_LIVE_INTEREST="$LIVE_INTEREST")

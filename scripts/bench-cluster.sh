@@ -25,7 +25,7 @@ start_nats() {  # $1 = store dir
 start_node() {  # $1 = index, $2 = storage
   HERALD_BROKER=nats HERALD_NATS_URL=nats://127.0.0.1:24222 HERALD_NATS_STORAGE="$2" \
   HERALD_NATS_STREAM="BENCH_$2" HERALD_NODE_ID="bench-$1" \
-  HERALD_HTTP_ADDR=127.0.0.1:2808$1 HERALD_GRPC_ADDR=127.0.0.1:2505$1 HERALD_ADMIN_ADDR=127.0.0.1:2946$1 \
+  HERALD_HTTP_ADDR=127.0.0.1:2808$1 HERALD_GRPC_ADDR=127.0.0.1:2505$1 HERALD_ADMIN_ADDR=127.0.0.1:2946$1 HERALD_API_ADDR=127.0.0.1:2818$1 \
     HERALD_LOG=warn taskset -c 0 ./target/release/herald serve >"$OUT/herald-$1.log" 2>&1 &
   PIDS+=("$!"); eval "NODE$1=$!"
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:2946$1/readyz" >/dev/null && return; sleep 0.1; done

@@ -14,7 +14,7 @@ OUT=${OUT:-target/bench}
 mkdir -p "$OUT"
 
 start() {
-  HERALD_HTTP_ADDR=127.0.0.1:28080 HERALD_GRPC_ADDR=127.0.0.1:25051 HERALD_ADMIN_ADDR=127.0.0.1:29464 \
+  HERALD_HTTP_ADDR=127.0.0.1:28080 HERALD_GRPC_ADDR=127.0.0.1:25051 HERALD_ADMIN_ADDR=127.0.0.1:29464 HERALD_API_ADDR=127.0.0.1:28181 \
     HERALD_LOG=warn taskset -c 0 ./target/release/herald serve >"$OUT/herald.log" 2>&1 &
   PID=$!
   for _ in $(seq 50); do curl -fs http://127.0.0.1:29464/readyz >/dev/null && return; sleep 0.1; done

@@ -10,7 +10,7 @@ BIN=${BIN:-target/release/herald}
 for _round in 1 2 3; do
  for target in herald nchan; do
   if [ $target = herald ]; then
-    HERALD_HTTP_ADDR=127.0.0.1:28080 HERALD_GRPC_ADDR=127.0.0.1:25051 HERALD_ADMIN_ADDR=127.0.0.1:29464 HERALD_LOG=warn \
+    HERALD_HTTP_ADDR=127.0.0.1:28080 HERALD_GRPC_ADDR=127.0.0.1:25051 HERALD_ADMIN_ADDR=127.0.0.1:29464 HERALD_API_ADDR=127.0.0.1:28181 HERALD_LOG=warn \
       taskset -c 0 $BIN serve >/tmp/h.log 2>&1 &
     HP=$!; for _ in $(seq 100); do curl -fs http://127.0.0.1:29464/readyz >/dev/null && break; sleep 0.1; done
     ADDR=127.0.0.1:28080; PID=$HP

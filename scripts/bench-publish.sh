@@ -31,10 +31,10 @@ for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && b
 
 GRPC=(); ADMIN=()
 for i in 1 2 3; do
-  http=$(free_port); grpc=$(free_port); admin=$(free_port)
+  http=$(free_port); grpc=$(free_port); admin=$(free_port); api=$(free_port)
   HERALD_BROKER=nats HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT" HERALD_NATS_STORAGE=file \
   HERALD_NATS_STREAM=BENCH_PUB HERALD_NODE_ID="pub-$i" \
-  HERALD_HTTP_ADDR="127.0.0.1:$http" HERALD_GRPC_ADDR="127.0.0.1:$grpc" HERALD_ADMIN_ADDR="127.0.0.1:$admin" \
+  HERALD_HTTP_ADDR="127.0.0.1:$http" HERALD_GRPC_ADDR="127.0.0.1:$grpc" HERALD_ADMIN_ADDR="127.0.0.1:$admin" HERALD_API_ADDR="127.0.0.1:$api" \
     HERALD_LOG=warn ./target/release/herald serve >"$OUT/publish-herald-$i.log" 2>&1 &
   PIDS+=("$!")
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done

@@ -28,7 +28,7 @@ start_nats() {  # $1 = store dir
 start_node() {  # $1 = index, then extra env assignments
   local i=$1; shift
   env "$@" HERALD_NODE_ID="bench-$i" HERALD_HISTORY_SIZE=100000 HERALD_HISTORY_TTL=1h \
-    HERALD_HTTP_ADDR=127.0.0.1:2808$i HERALD_GRPC_ADDR=127.0.0.1:2505$i HERALD_ADMIN_ADDR=127.0.0.1:2946$i \
+    HERALD_HTTP_ADDR=127.0.0.1:2808$i HERALD_GRPC_ADDR=127.0.0.1:2505$i HERALD_ADMIN_ADDR=127.0.0.1:2946$i HERALD_API_ADDR=127.0.0.1:2818$i \
     HERALD_LOG=warn taskset -c 0 "$HERALD" serve >"$OUT/herald-$i.log" 2>&1 &
   PIDS+=("$!"); eval "NODE$i=$!"
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:2946$i/readyz" >/dev/null && return; sleep 0.1; done

@@ -67,10 +67,11 @@ async function startNats() {
 }
 
 async function startNode(name, env) {
-  const [http, grpc, admin] = [await freePort(), await freePort(), await freePort()];
+  const [http, grpc, admin, api] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const p = start(name, BIN, ["serve"], {
     HERALD_HTTP_ADDR: `127.0.0.1:${http}`,
     HERALD_GRPC_ADDR: `127.0.0.1:${grpc}`,
+    HERALD_API_ADDR: `127.0.0.1:${api}`,
     HERALD_ADMIN_ADDR: `127.0.0.1:${admin}`,
     HERALD_NODE_ID: name,
     HERALD_LOG: "info",

@@ -266,6 +266,11 @@ pub async fn serve(
     service: HeraldService,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Nagle off, as for gRPC: a JSON answer must not wait for the caller's delayed ACK.
+    let listener = listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
     axum::serve(listener, router(service))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

@@ -820,7 +820,17 @@ pub async fn serve(
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle off on every accepted socket, as tonic's own listener would do: without it an
+    // answer written in two parts (a `Presence` list) waits for the caller's delayed ACK,
+    // about 40 ms (docs/benchmarks.md, Presence).
+    let incoming = futures_util::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |accepted| {
+            accepted.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    );
     router
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
