@@ -3,7 +3,7 @@
 # nodes, nats-server) pinned to CPU 0, every load generator (herald-bench) to CPU 1; each case
 # starts fresh servers on free ports (nats-server with JetStream, its own store and a monitoring
 # port, never the shared one on 4222). Bounded: every step stops by itself.
-#   scripts/bench-presence.sh [small|identity|cluster|kv|all]     (default all)
+#   scripts/bench-presence.sh [small|identity|room|cluster|kv|all]     (default all)
 #     small:    1 node, memory broker, CONNS connections over CHANNELS_SMALL channels: tokens,
 #               check, queries, a quiet window, churn with join/leave; the same on 1 NATS node
 #     identity: RSS per connection on 1 node (memory broker), IDENT connections over
@@ -13,12 +13,14 @@
 #               users USERS, load generators of at most PER_GEN connections each (one measures,
 #               the others hold): RSS, check, queries (with a BIG-member channel), NATS traffic
 #               at rest (STEADY) and during churn (CHURN reconnects/s for CHURN_FOR)
+#     room:     one room of ROOM members on 1 node (memory broker), join/leave on and off: the
+#               cost of filling it (each join reaches every member) and of churn in it
 #     kv:       the alternative store: `presence-kv` on a fresh nats-server (file storage):
 #               KV_ENTRIES entries refreshed every 30 s and every 10 s, with CHURN joins+leaves/s
 # Environment: CONNS (2000), CHANNELS_SMALL (200), IDENT (15000), NODES (6), TOTAL (100000),
-#   CHANNELS (10000), USERS (50000), PER_GEN (17000), BIG (1000), STEADY (60s), CHURN (100),
-#   CHURN_FOR (30s), PROTO (ws), JOIN_LEAVE (true), KV_ENTRIES (TOTAL), SOURCES
-#   (127.0.1.2-127.0.1.80), OUT, NO_BUILD.
+#   CHANNELS (10000), USERS (50000), PER_GEN (17000), BIG (10000), STEADY (60s), CHURN (100),
+#   CHURN_FOR (30s), ROOM (5000), PROTO (ws), JOIN_LEAVE (true), KV_ENTRIES (TOTAL), SOURCES
+#   (127.0.1.2-127.0.1.80), NODELAY (below), HERALD_BIN (another build), OUT, NO_BUILD.
 # Results: JSON lines in $OUT/presence.jsonl (each tagged with its case and the load average).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,10 +35,11 @@ TOTAL=${TOTAL:-100000}
 CHANNELS=${CHANNELS:-10000}
 USERS=${USERS:-50000}
 PER_GEN=${PER_GEN:-17000}
-BIG=${BIG:-1000}
+BIG=${BIG:-10000}
 STEADY=${STEADY:-60s}
 CHURN=${CHURN:-100}
 CHURN_FOR=${CHURN_FOR:-30s}
+ROOM=${ROOM:-5000}
 PROTO=${PROTO:-ws}
 JOIN_LEAVE=${JOIN_LEAVE:-true}
 KV_ENTRIES=${KV_ENTRIES:-$TOTAL}
@@ -50,14 +53,48 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p herald -p herald-bench
 HERALD=${HERALD_BIN:-$TARGET_DIR/release/herald}
+# NODELAY=1: the nodes run with an LD_PRELOAD shim that sets TCP_NODELAY on every accepted
+# socket. Herald's gRPC server accepts through its own listener stream, so tonic's default
+# TCP_NODELAY is not applied, and a reply written in two pieces (a Presence answer) waits for
+# the client's delayed ACK (~40 ms). The shim measures presence without that delay.
+PRELOAD=()
+if [ -n "${NODELAY:-}" ]; then
+  mkdir -p "$OUT/nodelay"
+  cat >"$OUT/nodelay/nodelay.c" <<'EOF'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+  static int (*real)(int, struct sockaddr *, socklen_t *, int);
+  if (!real) real = dlsym(RTLD_NEXT, "accept4");
+  int s = real(fd, addr, len, flags);
+  if (s >= 0) { int one = 1; setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); }
+  return s;
+}
+EOF
+  gcc -O2 -shared -fPIC -o "$OUT/nodelay/libnodelay.so" "$OUT/nodelay/nodelay.c" -ldl
+  PRELOAD=(LD_PRELOAD="$OUT/nodelay/libnodelay.so")
+fi
 BENCH="taskset -c 1 $TARGET_DIR/release/herald-bench"
 
-cat >"$OUT/presence.toml" <<EOF
+# write_config JOIN_LEAVE: room:* keeps presence (join/leave as asked); hall:* (the big channel)
+# keeps presence without join/leave, as a large room would.
+write_config() {
+  cat >"$OUT/presence.toml" <<EOF
 [namespaces.room]
 anonymous = true
 presence = true
-join_leave = $JOIN_LEAVE
+join_leave = $1
+
+[namespaces.hall]
+anonymous = true
+presence = true
+join_leave = false
 EOF
+}
+write_config "$JOIN_LEAVE"
 
 PIDS=() NATS_PID="" STORE="" GEN_PIDS=() NODE_PIDS=() HTTPS="" GRPCS=""
 stop_all() {
@@ -90,7 +127,7 @@ start_node() {
   [ -z "$plain" ] && env+=(HERALD_CONFIG="$OUT/presence.toml" HERALD_AUTH_HMAC_SECRET="$SECRET")
   [ "$broker" = nats ] && env+=(HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT" HERALD_NATS_STORAGE=file
     HERALD_NATS_STREAM=PRESENCE)
-  env "${env[@]}" taskset -c 0 "$HERALD" serve >"$OUT/herald-$i.log" 2>&1 &
+  env "${env[@]}" "${PRELOAD[@]}" taskset -c 0 "$HERALD" serve >"$OUT/herald-$i.log" 2>&1 &
   PIDS+=("$!"); NODE_PIDS+=("$!")
   HTTPS="${HTTPS:+$HTTPS,}127.0.0.1:$http" GRPCS="${GRPCS:+$GRPCS,}http://127.0.0.1:$grpc"
   wait_http "http://127.0.0.1:$admin/readyz" 60 || { echo "node $i not ready" >&2; tail "$OUT/herald-$i.log" >&2; exit 1; }
@@ -101,7 +138,7 @@ rss_sum() { local s=0 p; for p in "$@"; do s=$((s + $(awk '/^VmRSS:/{print $2}' 
 
 # record LABEL JSON: tag a result line with its case and the load average, append it.
 record() {
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["case"]=sys.argv[2]; d["loadavg_end"]=open("/proc/loadavg").read().split()[:3]; print(json.dumps(d))' "$2" "$1" \
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["case"]=sys.argv[2]; d["herald_bin"]=sys.argv[3]; d["nodelay_shim"]=sys.argv[4]!=""; d["loadavg_end"]=open("/proc/loadavg").read().split()[:3]; print(json.dumps(d))' "$2" "$1" "$HERALD" "${NODELAY:-}" \
     | tee -a "$OUT/presence.jsonl"
 }
 
@@ -135,19 +172,34 @@ fi
 
 if want identity; then
   start_node 1 memory plain
-  measure "identity: idle, anonymous, no namespace rules, $IDENT over $CHANNELS" idle \
+  measure "identity: idle, anonymous, no namespace rules, $IDENT x $PROTO over $CHANNELS" idle \
     --addr "${HTTPS}" --protocol "$PROTO" --connections "$IDENT" --channels "$CHANNELS" \
     --sources "$SOURCES" --pid "${NODE_PIDS[0]}" --hold 5s
   stop_all
   for mode in anonymous token; do
     start_node 1 memory
     extra=(); [ "$mode" = anonymous ] && extra=(--anonymous)
-    measure "identity: presence namespace, $mode, $IDENT over $CHANNELS" presence --addr "$HTTPS" \
+    measure "identity: presence namespace, $mode, $IDENT x $PROTO over $CHANNELS" presence --addr "$HTTPS" \
       --grpc "$GRPCS" --protocol "$PROTO" --connections "$IDENT" --channels "$CHANNELS" \
       --users $((IDENT / 2)) --sources "$SOURCES" --pid "${NODE_PIDS[0]}" --queries 0 --big-queries 0 \
       "${extra[@]}"
     stop_all
   done
+fi
+
+if want room; then
+  # One room of ROOM members filling up, with and without join/leave: each join goes to every
+  # member already there (ROOM^2/2 events), then CHURN/10 reconnects/s in the full room.
+  for jl in true false; do
+    write_config "$jl"
+    start_node 1 memory
+    measure "room: 1 node, memory, one room of $ROOM, join_leave $jl" presence --addr "$HTTPS" \
+      --grpc "$GRPCS" --protocol "$PROTO" --connections "$ROOM" --channels 1 --users "$ROOM" \
+      --sources "$SOURCES" --pid "${NODE_PIDS[0]}" --queries 50 --big-queries 0 \
+      --churn-rate $((CHURN / 10)) --churn-duration 10s
+    stop_all
+  done
+  write_config "$JOIN_LEAVE"
 fi
 
 if want cluster; then

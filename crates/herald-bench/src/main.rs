@@ -65,6 +65,8 @@ enum Proto {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start; the size of the largest variant (`presence`) does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Hold N idle connections and report server RSS per connection.
     Idle {
@@ -299,9 +301,12 @@ enum Cmd {
         /// Approximate bytes of the `info` claim.
         #[arg(long, default_value_t = 48)]
         info_bytes: usize,
-        /// Connections 0..K (of the whole run) also join NS:big.
+        /// Connections 0..K (of the whole run) also join --big-channel.
         #[arg(long, default_value_t = 0)]
         big: usize,
+        /// The big channel (its namespace needs presence; join/leave there reaches every member).
+        #[arg(long, default_value = "hall:big")]
+        big_channel: String,
         #[arg(long, default_value = "127.0.1.2-127.0.1.60")]
         sources: String,
         /// PID of each node (RSS, CPU); repeat.
@@ -911,6 +916,7 @@ async fn main() -> anyhow::Result<()> {
             anonymous,
             info_bytes,
             big,
+            big_channel,
             sources: s,
             pid,
             nats_pid,
@@ -948,6 +954,7 @@ async fn main() -> anyhow::Result<()> {
                 anonymous,
                 info_bytes,
                 big,
+                big_channel,
                 sources: sources(&s)?,
                 pids: pid,
                 nats_pid,

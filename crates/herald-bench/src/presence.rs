@@ -3,7 +3,8 @@
 //! Connection `g` of a run (`g` counts over every load-generator process: this one holds
 //! `--offset .. --offset + --connections` of `--total`) belongs to user `u(g % --users)`, is
 //! subscribed to channel `NS:<hash(g) % --channels>` (rooms of uneven size, like real ones) and,
-//! for `g < --big`, also to `NS:big`; it goes to node `g % nodes` (`--addr` list) from source
+//! for `g < --big`, also to `--big-channel` (by default `hall:big`, a namespace that keeps
+//! presence without join/leave: a join there would go to every member); it goes to node `g % nodes` (`--addr` list) from source
 //! address `g % sources`. Each carries its own HS256 token (`sub`, a small `info`, a `jti`),
 //! unless `--anonymous`. Every connection is read for its whole life (WebSocket pongs, join and
 //! leave events counted).
@@ -70,6 +71,7 @@ pub(crate) struct Presence {
     pub(crate) anonymous: bool,
     pub(crate) info_bytes: usize,
     pub(crate) big: usize,
+    pub(crate) big_channel: String,
     pub(crate) sources: Vec<IpAddr>,
     pub(crate) pids: Vec<u32>,
     pub(crate) nats_pid: Option<u32>,
@@ -169,6 +171,7 @@ struct Opener {
     anonymous: bool,
     info_bytes: usize,
     big: usize,
+    big_channel: String,
     run: u64,
     /// Tokens minted so far (each gets its own `jti`).
     minted: AtomicU64,
@@ -185,7 +188,7 @@ impl Opener {
         let pad = "x".repeat(self.info_bytes.saturating_sub(name.len() + 20));
         let claims = herald_auth::MintClaims {
             sub: format!("u{}", p.user),
-            channels: vec![format!("{}:*", self.namespace)],
+            channels: vec![format!("{}:*", self.namespace), self.big_channel.clone()],
             iat: now,
             exp: now + 6 * 3600,
             nbf: None,
@@ -206,7 +209,7 @@ impl Opener {
         let p = place(g, self.channels, self.addrs.len(), self.users);
         let mut names = vec![format!("{}:{}", self.namespace, p.channel)];
         if g < self.big {
-            names.push(format!("{}:big", self.namespace));
+            names.push(self.big_channel.clone());
         }
         names
     }
@@ -495,6 +498,7 @@ pub(crate) async fn run(b: Presence) -> anyhow::Result<()> {
         anonymous: b.anonymous,
         info_bytes: b.info_bytes,
         big: b.big,
+        big_channel: b.big_channel.clone(),
         run,
         minted: AtomicU64::new(0),
     });
@@ -568,7 +572,7 @@ pub(crate) async fn run(b: Presence) -> anyhow::Result<()> {
         "protocol": format!("{:?}", b.transport).to_lowercase(),
         "identity": if b.anonymous { "anonymous" } else { "token (sub, info, jti)" },
         "nodes": b.addrs.len(), "grpc": b.grpc, "channels": b.channels, "users": b.users,
-        "big_channel_members": b.big, "total": total,
+        "big_channel_members": b.big, "big_channel": b.big_channel, "total": total,
         "connections": b.connections, "opened": own, "failed": failed.load(Ordering::Relaxed),
         "held_elsewhere": b.held_elsewhere,
         "open_seconds": round2(open_secs), "node_cpu_seconds_opening": round2(cpu_open),
@@ -592,12 +596,13 @@ pub(crate) async fn run(b: Presence) -> anyhow::Result<()> {
             let plain = b.channels as u64;
             let n = plain + u64::from(b.big > 0);
             for _ in 0..16 {
-                let (mut client, sum, errors, next, ns) = (
+                let (mut client, sum, errors, next, ns, big) = (
                     client.clone(),
                     sum.clone(),
                     errors.clone(),
                     next.clone(),
                     b.namespace.clone(),
+                    b.big_channel.clone(),
                 );
                 tasks.push(tokio::spawn(async move {
                     loop {
@@ -608,7 +613,7 @@ pub(crate) async fn run(b: Presence) -> anyhow::Result<()> {
                         let channel = if i < plain {
                             format!("{ns}:{i}")
                         } else {
-                            format!("{ns}:big")
+                            big.clone()
                         };
                         match client.presence_stats(PresenceRequest { channel }).await {
                             Ok(r) => {
@@ -651,7 +656,7 @@ pub(crate) async fn run(b: Presence) -> anyhow::Result<()> {
                 format!("{}:{}", b.namespace, pick % b.channels as u64)
             })
             .collect();
-        let big = vec![format!("{}:big", b.namespace); if b.big > 0 { b.big_queries } else { 0 }];
+        let big = vec![b.big_channel.clone(); if b.big > 0 { b.big_queries } else { 0 }];
         for (label, list) in [("random", &random_channels), ("big", &big)] {
             if list.is_empty() {
                 continue;

@@ -14,9 +14,10 @@
 //!    ceiling for these writes on this machine;
 //! 2. steady: for `--duration`, `entries / refresh` refresh writes per second plus `--churn`
 //!    leaves and joins per second (a delete marker and a new entry each), paced; ack latency,
-//!    the rate reached, nats-server CPU;
-//! 3. queries during step 2: `--queries` channel listings (an ephemeral consumer filtered on
-//!    `$KV.<bucket>.<channel>.>` delivering the last message per subject, read to its end).
+//!    the rate reached, nats-server CPU, the stream's size at the end;
+//! 3. queries after step 2: `--queries` channel listings one at a time (an ephemeral consumer
+//!    filtered on `$KV.<bucket>.<channel>.>` delivering the last message per subject, read to
+//!    its end): latency, nats-server CPU per listing.
 //!
 //! Bounded: each step stops at its count or duration; acks wait at most 30 s.
 
@@ -228,44 +229,12 @@ pub(crate) async fn run(b: PresenceKv) -> anyhow::Result<()> {
     });
     eprintln!("fill: {fill}");
 
-    // 2. Steady refresh + churn, paced; 3. queries alongside.
+    // 2. Steady refresh + churn, paced.
     let refresh_rate = b.entries as f64 / b.refresh.as_secs_f64();
     let rate = refresh_rate + 2.0 * b.churn as f64;
     let total = (rate * b.duration.as_secs_f64()) as u64;
     let (tx, rx) = mpsc::channel(b.window.max(1));
     let acks = acker(rx);
-    let querier = {
-        let (stream, bucket, channels, n, duration) = (
-            stream.clone(),
-            b.bucket.clone(),
-            b.channels,
-            b.queries,
-            b.duration,
-        );
-        tokio::spawn(async move {
-            let (mut lat, mut entries, mut errors) = (Vec::new(), 0u64, 0u64);
-            let gap = duration.div_f64(n.max(1) as f64 + 1.0);
-            let mut pick = 7u64;
-            for _ in 0..n {
-                tokio::time::sleep(gap).await;
-                pick = mix(pick);
-                let t = Instant::now();
-                match list(&stream, &bucket, pick % channels.max(1) as u64).await {
-                    Ok(n) => {
-                        lat.push(t.elapsed().as_micros() as u64);
-                        entries += n;
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        if errors < 3 {
-                            eprintln!("listing failed: {e:#}");
-                        }
-                    }
-                }
-            }
-            (lat, entries, errors)
-        })
-    };
     // Slots of live entries: refreshes walk them in order; a churn replaces one at random.
     let mut slots: Vec<u64> = (0..b.entries as u64).collect();
     let mut next_id = b.entries as u64;
@@ -282,7 +251,7 @@ pub(crate) async fn run(b: PresenceKv) -> anyhow::Result<()> {
     while i < total {
         tick.tick().await;
         let due = ((t.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
-        behind_max = behind_max.max(due - i);
+        behind_max = behind_max.max(due.saturating_sub(i));
         while i < due {
             if i % churn_every == churn_every - 1 {
                 // A leave (delete marker) and a join (new entry), counted as two writes.
@@ -320,10 +289,32 @@ pub(crate) async fn run(b: PresenceKv) -> anyhow::Result<()> {
     let (lat, failed) = acks.await?;
     let secs = t.elapsed().as_secs_f64();
     let cpu = nats_cpu() - cpu0;
-    let (qlat, qentries, qerrors) = querier.await?;
-    let qn = qlat.len().max(1) as f64;
     let mut stored = js.get_stream(&name).await?;
     let info = stored.info().await?.state.clone();
+    let steady_rss = nats_rss();
+
+    // 3. Listings, one at a time, on the full bucket (no writes meanwhile).
+    let (mut qlat, mut qentries, mut qerrors) = (Vec::new(), 0u64, 0u64);
+    let mut pick = 7u64;
+    let qcpu0 = nats_cpu();
+    for _ in 0..b.queries {
+        pick = mix(pick);
+        let t = Instant::now();
+        match list(&stream, &b.bucket, pick % b.channels.max(1) as u64).await {
+            Ok(n) => {
+                qlat.push(t.elapsed().as_micros() as u64);
+                qentries += n;
+            }
+            Err(e) => {
+                qerrors += 1;
+                if qerrors < 3 {
+                    eprintln!("listing failed: {e:#}");
+                }
+            }
+        }
+    }
+    let qcpu = nats_cpu() - qcpu0;
+    let qn = qlat.len().max(1) as f64;
     let result = serde_json::json!({
         "scenario": "presence-kv", "storage": if b.memory { "memory" } else { "file" },
         "entries": b.entries, "channels": b.channels, "refresh_s": b.refresh.as_secs_f64(),
@@ -340,9 +331,10 @@ pub(crate) async fn run(b: PresenceKv) -> anyhow::Result<()> {
             "loadavg": loadavg(),
         },
         "queries": {"latency_ms": percentiles(qlat), "errors": qerrors,
-            "mean_entries": round2(qentries as f64 / qn)},
-        "stream": {"messages": info.messages, "bytes": info.bytes, "subjects": info.subjects_count},
-        "nats_rss_kb": nats_rss(),
+            "mean_entries": round2(qentries as f64 / qn),
+            "nats_cpu_us_per_query": (qcpu * 1e6 / qn).round(), "loadavg": loadavg()},
+        "stream_after_steady": {"messages": info.messages, "bytes": info.bytes,
+            "subjects": info.subjects_count, "nats_rss_kb": steady_rss},
     });
     println!("{result}");
     if let Some(path) = &b.json {
