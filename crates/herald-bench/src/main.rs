@@ -15,6 +15,11 @@
 //!   latency, loss, server CPU per delivery and memory per channel (also against Nchan).
 //! - `longpoll-idle`: N held long-polls, server RSS per held request (see `poll.rs`).
 //! - `poll-load`: K keep-alive clients polling a quiet channel, server CPU per poll.
+//! - `presence`: N connections with client tokens in a presence namespace over one or more
+//!   nodes: RSS per connection, `Presence`/`PresenceStats` latency, NATS traffic at rest and
+//!   during churn, join/leave events delivered (see `presence.rs`).
+//! - `presence-kv`: the write load of the alternative presence store (a JetStream KV bucket
+//!   refreshed by every node) on a nats-server, with async-nats alone (see `presence_kv.rs`).
 //!
 //! `idle`, `fanout`, `channels`, `longpoll-idle` and `poll-load` also drive the peers
 //! (`--target nchan|socketio|pushpin`) with the same clients and measurements, so figures can be
@@ -24,6 +29,8 @@ mod catchup;
 mod channels;
 mod peers;
 mod poll;
+mod presence;
+mod presence_kv;
 mod publish;
 mod storm;
 
@@ -58,6 +65,8 @@ enum Proto {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start; the size of the largest variant (`presence`) does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Hold N idle connections and report server RSS per connection.
     Idle {
@@ -254,6 +263,145 @@ enum Cmd {
         /// PID of each server process (CPU is summed).
         #[arg(long, required = true)]
         pid: Vec<u32>,
+    },
+    /// Users and presence: connections with client tokens in a presence namespace, RSS per
+    /// connection, Presence/PresenceStats latency, NATS traffic at rest and during churn.
+    Presence {
+        /// Client addresses of the nodes, comma-separated (connection g goes to node g % n).
+        #[arg(long, value_delimiter = ',', required = true)]
+        addr: Vec<SocketAddr>,
+        /// gRPC endpoints, comma-separated; queries go to the first, the check asks each.
+        #[arg(long, value_delimiter = ',')]
+        grpc: Vec<String>,
+        #[arg(long, value_enum, default_value = "ws")]
+        protocol: channels::Transport,
+        /// Connections this process opens.
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        /// Index of this process's first connection in the whole run.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Connections of the whole run, every process [default: offset + connections].
+        #[arg(long, default_value_t = 0)]
+        total: usize,
+        #[arg(long, default_value_t = 200)]
+        channels: usize,
+        /// Distinct users (`sub`); connection g is user g % users.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Namespace of the channels (needs `presence = true` on the nodes).
+        #[arg(long, default_value = "room")]
+        namespace: String,
+        /// HS256 secret the nodes verify (HERALD_AUTH_HMAC_SECRET).
+        #[arg(long, env = "HERALD_BENCH_SECRET", default_value = "")]
+        secret: String,
+        /// No token: anonymous connections (the namespace must allow them).
+        #[arg(long)]
+        anonymous: bool,
+        /// Approximate bytes of the `info` claim.
+        #[arg(long, default_value_t = 48)]
+        info_bytes: usize,
+        /// Connections 0..K (of the whole run) also join --big-channel.
+        #[arg(long, default_value_t = 0)]
+        big: usize,
+        /// The big channel (its namespace needs presence; join/leave there reaches every member).
+        #[arg(long, default_value = "hall:big")]
+        big_channel: String,
+        #[arg(long, default_value = "127.0.1.2-127.0.1.60")]
+        sources: String,
+        /// PID of each node (RSS, CPU); repeat.
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// PID of nats-server (CPU).
+        #[arg(long)]
+        nats_pid: Option<u32>,
+        /// nats-server monitoring base URL, e.g. http://127.0.0.1:8222 (/varz).
+        #[arg(long)]
+        nats_monitor: Option<String>,
+        /// Sum of the nodes' VmRSS (KB) before any load generator connected.
+        #[arg(long)]
+        rss_baseline_kb: Option<u64>,
+        /// Connections held by other processes (for RSS per connection).
+        #[arg(long, default_value_t = 0)]
+        held_elsewhere: usize,
+        /// Ask every --grpc for PresenceStats of every channel and sum.
+        #[arg(long)]
+        check: bool,
+        /// Presence and PresenceStats calls on random channels (each).
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Calls of each on the big channel.
+        #[arg(long, default_value_t = 50)]
+        big_queries: usize,
+        /// Quiet window for NATS traffic and CPU at rest (0: skip).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        steady: Duration,
+        /// Reconnects per second (0: no churn).
+        #[arg(long, default_value_t = 0)]
+        churn_rate: u64,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        churn_duration: Duration,
+        /// Only open and hold (another process measures).
+        #[arg(long)]
+        hold_only: bool,
+        /// Longest hold with --hold-only.
+        #[arg(long, default_value = "20m", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// With --hold-only: where to write opened/events every 500 ms.
+        #[arg(long)]
+        status_file: Option<std::path::PathBuf>,
+        /// With --hold-only: stop once this file exists.
+        #[arg(long)]
+        stop_file: Option<std::path::PathBuf>,
+        /// Status files of the holding processes (events they received); repeat.
+        #[arg(long)]
+        peer_status: Vec<std::path::PathBuf>,
+        /// Shared run id (token ids) [default: from the clock].
+        #[arg(long)]
+        run_id: Option<u64>,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// The alternative presence store on NATS: a JetStream KV bucket refreshed by every node;
+    /// write ceiling, paced refresh + churn (ack latency, nats-server CPU), channel listings.
+    PresenceKv {
+        /// NATS URL, e.g. nats://127.0.0.1:24222.
+        #[arg(long)]
+        nats: String,
+        /// PID of nats-server (CPU, RSS).
+        #[arg(long)]
+        nats_pid: Option<u32>,
+        #[arg(long, default_value = "PRESENCE_BENCH")]
+        bucket: String,
+        /// Entries (channel, connection) kept.
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+        #[arg(long, default_value_t = 10_000)]
+        channels: usize,
+        /// How often each entry is rewritten.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        refresh: Duration,
+        /// Leaves + joins per second (each a delete marker and a new entry).
+        #[arg(long, default_value_t = 100)]
+        churn: u64,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Entry expiry (the bucket's max_age).
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        max_age: Duration,
+        /// JetStream memory storage instead of file.
+        #[arg(long)]
+        memory: bool,
+        /// Writes in flight at most.
+        #[arg(long, default_value_t = 1024)]
+        window: usize,
+        /// Channel listings during the paced step.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Publishes per second through gRPC (unary calls or PublishStream) or the HTTP/JSON API.
     Publish {
@@ -751,6 +899,113 @@ async fn main() -> anyhow::Result<()> {
                 sources: sources(&s)?,
                 pids: pid,
                 warmup,
+            })
+            .await
+        }
+        Cmd::Presence {
+            addr,
+            grpc,
+            protocol,
+            connections,
+            offset,
+            total,
+            channels,
+            users,
+            namespace,
+            secret,
+            anonymous,
+            info_bytes,
+            big,
+            big_channel,
+            sources: s,
+            pid,
+            nats_pid,
+            nats_monitor,
+            rss_baseline_kb,
+            held_elsewhere,
+            check,
+            queries,
+            big_queries,
+            steady,
+            churn_rate,
+            churn_duration,
+            hold_only,
+            hold,
+            status_file,
+            stop_file,
+            peer_status,
+            run_id,
+            json,
+        } => {
+            if !anonymous && secret.len() < 32 {
+                bail!("--secret (HERALD_BENCH_SECRET) of at least 32 bytes, or --anonymous");
+            }
+            presence::run(presence::Presence {
+                addrs: addr,
+                grpc,
+                transport: protocol,
+                connections,
+                offset,
+                total,
+                channels,
+                users,
+                namespace,
+                secret,
+                anonymous,
+                info_bytes,
+                big,
+                big_channel,
+                sources: sources(&s)?,
+                pids: pid,
+                nats_pid,
+                nats_monitor,
+                rss_baseline_kb,
+                held_elsewhere,
+                check,
+                queries,
+                big_queries,
+                steady,
+                churn_rate,
+                churn_duration,
+                hold_only,
+                hold,
+                status_file,
+                stop_file,
+                peer_status,
+                run_id,
+                json,
+            })
+            .await
+        }
+        Cmd::PresenceKv {
+            nats,
+            nats_pid,
+            bucket,
+            entries,
+            channels,
+            refresh,
+            churn,
+            duration,
+            max_age,
+            memory,
+            window,
+            queries,
+            json,
+        } => {
+            presence_kv::run(presence_kv::PresenceKv {
+                nats,
+                nats_pid,
+                bucket,
+                entries,
+                channels,
+                refresh,
+                churn,
+                duration,
+                max_age,
+                memory,
+                window,
+                queries,
+                json,
             })
             .await
         }
