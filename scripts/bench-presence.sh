@@ -119,10 +119,10 @@ start_nats() {
 # start_node I BROKER [plain]: Herald node I (memory or nats) with the presence namespace and
 # the token secret ("plain": neither, as `idle` runs); appends to HTTPS, GRPCS, NODE_PIDS.
 start_node() {
-  local i=$1 broker=$2 plain=${3:-} http grpc admin
-  http=$(free_port) grpc=$(free_port) admin=$(free_port)
+  local i=$1 broker=$2 plain=${3:-} http grpc admin api
+  http=$(free_port) grpc=$(free_port) admin=$(free_port) api=$(free_port)
   local env=(HERALD_BROKER="$broker" HERALD_NODE_ID="pres-$i" HERALD_LOG=warn
-    HERALD_HTTP_ADDR=127.0.0.1:$http HERALD_GRPC_ADDR=127.0.0.1:$grpc HERALD_ADMIN_ADDR=127.0.0.1:$admin
+    HERALD_HTTP_ADDR=127.0.0.1:$http HERALD_GRPC_ADDR=127.0.0.1:$grpc HERALD_ADMIN_ADDR=127.0.0.1:$admin HERALD_API_ADDR=127.0.0.1:$api
     HERALD_MAX_CONNECTIONS=100000 HERALD_RECENT_CACHE_BYTES=1048576)
   [ -z "$plain" ] && env+=(HERALD_CONFIG="$OUT/presence.toml" HERALD_AUTH_HMAC_SECRET="$SECRET")
   [ "$broker" = nats ] && env+=(HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT" HERALD_NATS_STORAGE=file
