@@ -26,6 +26,7 @@ fn token(user: &str) -> String {
         &herald_auth::MintClaims {
             sub: user.into(),
             channels: vec!["*".into()],
+            publish: Vec::new(),
             iat: now,
             exp: now + 3600,
             nbf: None,

@@ -365,6 +365,31 @@ pub async fn get(
     .await
 }
 
+/// A plain HTTP POST of `body` to `url` with extra `headers`: status and the body parsed as
+/// JSON (`Value::Null` when it is not JSON).
+pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (StatusCode, Value) {
+    within(TIMEOUT, &format!("POST {url}"), async {
+        let mut req = http_client()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url} body: {e}"));
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    })
+    .await
+}
+
 /// `GET /poll?<query>`: status and JSON body. Waits up to [`TIMEOUT`] plus any `wait`.
 pub async fn poll(node: &Node, query: &str) -> (StatusCode, Value) {
     let url = format!("{}/poll?{query}", node.http_url());

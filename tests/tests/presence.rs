@@ -49,6 +49,7 @@ fn token(user: &str, jti: Option<&str>, info: Option<Value>) -> String {
         &herald_auth::MintClaims {
             sub: user.into(),
             channels: vec!["*".into()],
+            publish: Vec::new(),
             iat: now,
             exp: now + 3600,
             nbf: None,

@@ -19,6 +19,15 @@ pub struct NamespaceRule {
     pub presence: bool,
     /// Subscribers of its channels get join/leave events.
     pub join_leave: bool,
+    /// Clients may publish to its channels (with a token's `publish` grant, or the publish
+    /// hook's consent).
+    pub publish: bool,
+    /// The application's subscribe hook decides who may subscribe (instead of `anonymous`
+    /// and the token's `channels`).
+    pub subscribe_hook: bool,
+    /// The application's publish hook decides client publishes (instead of the token's
+    /// `publish` grant).
+    pub publish_hook: bool,
 }
 
 impl Default for NamespaceRule {
@@ -29,6 +38,9 @@ impl Default for NamespaceRule {
             history_ttl: None,
             presence: false,
             join_leave: false,
+            publish: false,
+            subscribe_hook: false,
+            publish_hook: false,
         }
     }
 }
@@ -62,6 +74,12 @@ pub enum Denied {
     /// The client's token does not grant this channel.
     #[error("your token does not grant channel {0}")]
     Forbidden(String),
+    /// The channel's namespace does not take publishes from clients.
+    #[error("clients may not publish to channel {0}: its namespace does not allow it")]
+    PublishDisabled(String),
+    /// The client's token does not grant publishing to this channel.
+    #[error("your token does not grant publishing to channel {0} (its `publish` claim)")]
+    PublishForbidden(String),
 }
 
 impl Denied {
@@ -70,6 +88,8 @@ impl Denied {
         match self {
             Denied::TokenRequired(_) => "token_required",
             Denied::Forbidden(_) => "channel_forbidden",
+            Denied::PublishDisabled(_) => "publish_disabled",
+            Denied::PublishForbidden(_) => "publish_forbidden",
         }
     }
 }
@@ -156,9 +176,11 @@ impl Policy {
             .unwrap_or(&self.default)
     }
 
-    /// Whether `who` may subscribe to `channel`.
+    /// Whether `who` may subscribe to `channel`. Where the namespace has a subscribe hook,
+    /// the hook decides: this answers `Ok` and the caller must ask it.
     pub fn authorize(&self, who: Option<&Principal>, channel: &ChannelName) -> Result<(), Denied> {
-        if self.rule(channel).anonymous {
+        let rule = self.rule(channel);
+        if rule.anonymous || rule.subscribe_hook {
             return Ok(());
         }
         match who {
@@ -166,6 +188,39 @@ impl Policy {
             Some(p) if p.channels.iter().any(|pat| pat.matches(channel)) => Ok(()),
             Some(_) => Err(Denied::Forbidden(channel.to_string())),
         }
+    }
+}
+
+impl Policy {
+    /// Whether `who` may publish to `channel` from a client connection: the namespace must
+    /// allow client publishes, and then the token's `publish` grant decides (on a node that
+    /// verifies tokens) or the publish hook does (where the namespace has one: this answers
+    /// `Ok` and the caller must ask it). A node without keys takes any client publish its
+    /// namespaces allow.
+    pub fn authorize_publish(
+        &self,
+        who: Option<&Principal>,
+        channel: &ChannelName,
+    ) -> Result<(), Denied> {
+        let rule = self.rule(channel);
+        if !rule.publish {
+            return Err(Denied::PublishDisabled(channel.to_string()));
+        }
+        if rule.publish_hook || self.verifier.is_none() {
+            return Ok(());
+        }
+        match who {
+            None => Err(Denied::TokenRequired(channel.to_string())),
+            Some(p) if p.publish.iter().any(|pat| pat.matches(channel)) => Ok(()),
+            Some(_) => Err(Denied::PublishForbidden(channel.to_string())),
+        }
+    }
+
+    /// Whether some namespace (or the default) uses a subscribe or publish hook.
+    pub fn uses_hooks(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.namespaces.values())
+            .any(|r| r.subscribe_hook || r.publish_hook)
     }
 }
 
@@ -208,6 +263,7 @@ mod tests {
         let who = Principal {
             user: "u1".into(),
             channels: vec![ChannelPattern::parse("chat:room1", "u1").unwrap()],
+            publish: Vec::new(),
             expires_at: u64::MAX,
             token_id: None,
             issued_at: None,
@@ -255,6 +311,50 @@ mod tests {
         };
         let ns = HashMap::from([("x".to_owned(), zero)]);
         assert!(Policy::new(None, NamespaceRule::default(), ns).is_err());
+    }
+
+    #[test]
+    fn client_publishes_need_the_namespace_and_the_grant() {
+        let chat = NamespaceRule {
+            publish: true,
+            ..Default::default()
+        };
+        let hooked = NamespaceRule {
+            publish: true,
+            publish_hook: true,
+            ..Default::default()
+        };
+        let ns = HashMap::from([("chat".to_owned(), chat), ("app".to_owned(), hooked)]);
+        let p = Policy::new(Some(verifier()), NamespaceRule::default(), ns.clone()).unwrap();
+        let who = Principal {
+            user: "u1".into(),
+            channels: Vec::new(),
+            publish: vec![ChannelPattern::parse("chat:{sub}-*", "u1").unwrap()],
+            expires_at: u64::MAX,
+            token_id: None,
+            issued_at: None,
+            info: None,
+        };
+        assert_eq!(p.authorize_publish(Some(&who), &ch("chat:u1-x")), Ok(()));
+        assert_eq!(
+            p.authorize_publish(Some(&who), &ch("chat:u2-x")),
+            Err(Denied::PublishForbidden("chat:u2-x".into()))
+        );
+        assert_eq!(
+            p.authorize_publish(None, &ch("chat:u1-x")),
+            Err(Denied::TokenRequired("chat:u1-x".into()))
+        );
+        assert_eq!(
+            p.authorize_publish(Some(&who), &ch("news:x")),
+            Err(Denied::PublishDisabled("news:x".into()))
+        );
+        // The hook decides in its namespace.
+        assert_eq!(p.authorize_publish(None, &ch("app:x")), Ok(()));
+        assert!(p.uses_hooks());
+        // Without keys, the namespace alone decides.
+        let open = Policy::new(None, NamespaceRule::default(), ns).unwrap();
+        assert_eq!(open.authorize_publish(None, &ch("chat:any")), Ok(()));
+        assert!(open.authorize_publish(None, &ch("news:x")).is_err());
     }
 
     #[test]

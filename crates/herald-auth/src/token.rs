@@ -97,6 +97,9 @@ pub struct Principal {
     pub user: String,
     /// Channels the client may subscribe to.
     pub channels: Vec<ChannelPattern>,
+    /// `publish`: channels the client may publish to (where the namespace allows client
+    /// publishes).
+    pub publish: Vec<ChannelPattern>,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
     /// `jti`: the token's id, for revocation.
@@ -120,6 +123,8 @@ struct Claims {
     exp: Option<u64>,
     #[serde(default)]
     channels: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
     #[serde(default)]
     jti: Option<String>,
     #[serde(default)]
@@ -320,11 +325,17 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
     if user.len() > 256 {
         return Err(AuthError::Malformed("sub longer than 256 bytes".into()));
     }
-    if claims.channels.len() > MAX_PATTERNS {
+    if claims.channels.len() > MAX_PATTERNS || claims.publish.len() > MAX_PATTERNS {
         return Err(AuthError::Malformed(format!(
             "more than {MAX_PATTERNS} channel patterns"
         )));
     }
+    let publish = claims
+        .publish
+        .iter()
+        .map(|p| ChannelPattern::parse(p, &user))
+        .collect::<Result<_, _>>()
+        .map_err(|e| AuthError::Malformed(format!("publish: {e}")))?;
     let channels = claims
         .channels
         .iter()
@@ -352,6 +363,7 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
     Ok(Principal {
         user,
         channels,
+        publish,
         expires_at,
         token_id: claims.jti,
         issued_at: claims.iat,
@@ -374,6 +386,9 @@ pub struct MintClaims {
     pub sub: String,
     /// Channel patterns granted.
     pub channels: Vec<String>,
+    /// Channel patterns the client may publish to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
     /// Expiry, seconds since the epoch.
@@ -419,6 +434,7 @@ mod tests {
         MintClaims {
             sub: "u1".into(),
             channels: vec!["chat:*".into(), "user:{sub}".into()],
+            publish: Vec::new(),
             iat: now,
             exp: now.saturating_add_signed(exp_offset),
             nbf: None,

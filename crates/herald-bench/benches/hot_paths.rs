@@ -193,6 +193,7 @@ fn main() {
         &herald_auth::MintClaims {
             sub: "u1".into(),
             channels: vec!["chat:*".into(), "user:{sub}".into()],
+            publish: Vec::new(),
             iat: herald_auth::now_secs(),
             exp: herald_auth::now_secs() + 3600,
             nbf: None,

@@ -189,6 +189,7 @@ impl Opener {
         let claims = herald_auth::MintClaims {
             sub: format!("u{}", p.user),
             channels: vec![format!("{}:*", self.namespace), self.big_channel.clone()],
+            publish: Vec::new(),
             iat: now,
             exp: now + 6 * 3600,
             nbf: None,

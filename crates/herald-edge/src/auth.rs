@@ -12,6 +12,28 @@ use crate::{EdgeError, EdgeInner, params::ClientQuery};
 
 /// The client's token: `Authorization: Bearer <token>`, else `?token=`.
 fn token<'a>(headers: &'a HeaderMap, query: &'a ClientQuery) -> Result<Option<&'a str>, EdgeError> {
+    Ok(bearer(headers)?.or(query.token.as_deref()))
+}
+
+/// The token of a request that has no channel query (`POST /publish`): the `Authorization`
+/// header, else `token` in the raw query string.
+pub(crate) fn request_token(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<String>, EdgeError> {
+    if let Some(t) = bearer(headers)? {
+        return Ok(Some(t.to_owned()));
+    }
+    Ok(query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+            .filter(|t| !t.is_empty())
+    }))
+}
+
+/// `Authorization: Bearer <token>`, if the header is there.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, EdgeError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let text = value.to_str().unwrap_or("");
         let mut parts = text.splitn(2, ' ');
@@ -27,7 +49,7 @@ fn token<'a>(headers: &'a HeaderMap, query: &'a ClientQuery) -> Result<Option<&'
             .into()),
         };
     }
-    Ok(query.token.as_deref())
+    Ok(None)
 }
 
 /// Verifies the request's token, if any.

@@ -66,6 +66,25 @@ pub enum EdgeError {
     /// The token, or every token of its user issued before some time, was revoked.
     #[error("token revoked: do not reconnect with it")]
     TokenRevoked,
+    /// A client publish's data is not one JSON value.
+    #[error("{0}")]
+    InvalidData(String),
+    /// A client publish's data is larger than the limit.
+    #[error("data is {size} bytes; clients may publish at most {max} bytes")]
+    PublishTooLarge {
+        /// The data's size.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The client publishes faster than its rate allows.
+    #[error("publishing too fast: at most {rate} publishes per second (burst {burst})")]
+    PublishRate {
+        /// Sustained publishes per second.
+        rate: u32,
+        /// Publishes allowed in a burst.
+        burst: u32,
+    },
     /// The operator disconnected the user while this request was held.
     #[error("disconnected by the server")]
     Disconnected {
@@ -97,6 +116,9 @@ impl EdgeError {
             EdgeError::TooManyUserConnections { .. } => "too_many_connections_for_user",
             EdgeError::TokenRevoked => "token_revoked",
             EdgeError::Disconnected { .. } => "disconnected",
+            EdgeError::InvalidData(_) => "invalid_data",
+            EdgeError::PublishTooLarge { .. } => "message_too_large",
+            EdgeError::PublishRate { .. } => "publish_rate_exceeded",
         }
     }
 
@@ -110,7 +132,11 @@ impl EdgeError {
             EdgeError::Unauthorized(_) | EdgeError::Denied(Denied::TokenRequired(_)) => {
                 "unauthorized"
             }
-            EdgeError::Denied(Denied::Forbidden(_)) => "forbidden",
+            EdgeError::Denied(
+                Denied::Forbidden(_) | Denied::PublishForbidden(_) | Denied::PublishDisabled(_),
+            ) => "forbidden",
+            EdgeError::PublishRate { .. } => "rate_limited",
+            EdgeError::PublishTooLarge { .. } => "message_too_large",
             EdgeError::OriginForbidden(_) => "origin_forbidden",
             EdgeError::TooManyUserConnections { .. } => "too_many_connections_for_user",
             EdgeError::TokenRevoked => "unauthorized",
@@ -127,11 +153,15 @@ impl EdgeError {
             EdgeError::Unauthorized(_)
             | EdgeError::Denied(Denied::TokenRequired(_))
             | EdgeError::TokenRevoked => StatusCode::UNAUTHORIZED,
-            EdgeError::TooManyUserConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EdgeError::Disconnected { .. } => StatusCode::CONFLICT,
-            EdgeError::Denied(Denied::Forbidden(_)) | EdgeError::OriginForbidden(_) => {
-                StatusCode::FORBIDDEN
+            EdgeError::TooManyUserConnections { .. } | EdgeError::PublishRate { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
             }
+            EdgeError::PublishTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            EdgeError::Disconnected { .. } => StatusCode::CONFLICT,
+            EdgeError::Denied(
+                Denied::Forbidden(_) | Denied::PublishForbidden(_) | Denied::PublishDisabled(_),
+            )
+            | EdgeError::OriginForbidden(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -154,7 +184,7 @@ impl IntoResponse for EdgeError {
         }
         let status = self.status();
         let mut resp = (status, Json(serde_json::json!({"error": self.body()}))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

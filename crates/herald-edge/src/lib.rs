@@ -17,6 +17,7 @@ mod outbox;
 mod params;
 mod poll;
 mod proxy;
+mod publish;
 mod rawhttp;
 mod rawpoll;
 mod rawsse;
@@ -144,6 +145,12 @@ pub struct EdgeConfig {
     pub max_connections_per_user: usize,
     /// Most revocations held.
     pub max_revocations: usize,
+    /// Largest `data` a client may publish (WebSocket `publish`, `POST /publish`).
+    pub client_publish_max_bytes: usize,
+    /// Publishes per second one client may send (a WebSocket connection; over HTTP one user,
+    /// or one address without a token); bursts of twice that pass. 0 turns client publishes
+    /// off on this node.
+    pub client_publish_rate: u32,
 }
 
 impl EdgeConfig {
@@ -193,6 +200,10 @@ impl EdgeConfig {
     pub const DEFAULT_MAX_REQUEST_HEAD: usize = 16 << 10;
     /// Default most revocations held.
     pub const DEFAULT_MAX_REVOCATIONS: usize = 100_000;
+    /// Default [`EdgeConfig::client_publish_max_bytes`]: 16 KiB.
+    pub const DEFAULT_CLIENT_PUBLISH_MAX_BYTES: usize = 16 << 10;
+    /// Default [`EdgeConfig::client_publish_rate`].
+    pub const DEFAULT_CLIENT_PUBLISH_RATE: u32 = 20;
     /// Join/leave events queued for the other nodes at most.
     const RELAY_QUEUE: usize = 10_000;
 }
@@ -229,6 +240,8 @@ impl Default for EdgeConfig {
             node_id: "herald".into(),
             max_connections_per_user: 0,
             max_revocations: Self::DEFAULT_MAX_REVOCATIONS,
+            client_publish_max_bytes: Self::DEFAULT_CLIENT_PUBLISH_MAX_BYTES,
+            client_publish_rate: Self::DEFAULT_CLIENT_PUBLISH_RATE,
         }
     }
 }
@@ -265,6 +278,8 @@ pub(crate) struct EdgeInner {
     relay: parking_lot::Mutex<Option<tokio::sync::mpsc::Sender<PresenceEvent>>>,
     /// Events dropped at a full relay, logged at most every few seconds.
     relay_full: limits::Throttled,
+    /// Rates of `POST /publish`, per user or address.
+    pub(crate) publish_rates: publish::HttpRates,
 }
 
 impl EdgeInner {
@@ -326,6 +341,7 @@ impl Edge {
             revocations: herald_core::Revocations::new(config.max_revocations),
             relay: parking_lot::Mutex::new(None),
             relay_full: limits::Throttled::new(),
+            publish_rates: publish::HttpRates::new(config.client_publish_rate),
             poll_clients: poll::PollClients::new(config.poll_client_window),
             config,
             broker,
@@ -347,12 +363,13 @@ impl Edge {
         Self { inner }
     }
 
-    /// The HTTP routes: `/ws`, `/sse`, `/poll`, with CORS on `/sse` and `/poll`.
+    /// The HTTP routes: `/ws`, `/sse`, `/poll`, `POST /publish`, with CORS on all but `/ws`.
     pub fn router(&self) -> Router {
         let cors = cors_layer(&self.inner.config.cors_origins);
         let polled = Router::new()
             .route("/sse", get(sse_route))
             .route("/poll", get(poll_route))
+            .route("/publish", axum::routing::post(publish::route))
             .layer(cors);
         let mut routes = Router::new()
             .route("/ws", get(ws_route))
@@ -525,7 +542,7 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([
             axum::http::header::AUTHORIZATION,
             axum::http::header::CONTENT_TYPE,

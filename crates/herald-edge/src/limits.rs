@@ -316,13 +316,13 @@ struct Bucket {
 }
 
 /// New connections per second per IP, with a burst of twice the rate.
-pub(crate) struct ConnRate {
+pub(crate) struct ConnRate<K = IpAddr> {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl ConnRate {
+impl<K: std::hash::Hash + Eq> ConnRate<K> {
     /// `None` when `per_sec` is 0 (no limit).
     pub(crate) fn new(per_sec: u32) -> Option<Self> {
         (per_sec > 0).then(|| Self {
@@ -332,8 +332,9 @@ impl ConnRate {
         })
     }
 
-    /// Whether `ip` may open one more connection now.
-    pub(crate) fn admit(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` may open one more connection now (or whichever key this limits: one
+    /// more publish of a user).
+    pub(crate) fn admit(&self, ip: K) -> bool {
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&ip) {
@@ -427,6 +428,6 @@ mod tests {
         assert!(r.admit(other), "another address has its own bucket");
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         assert_eq!((0..20).filter(|_| r.admit(ip)).count(), 5);
-        assert!(ConnRate::new(0).is_none());
+        assert!(ConnRate::<IpAddr>::new(0).is_none());
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! Client commands: `{"op":"subscribe","channels":[..],"since":"C"}`,
 //! `{"op":"unsubscribe","channels":[..]}`, `{"op":"ping"}`, `{"op":"auth","token":"JWT"}`
-//! (also to refresh a token before it expires). Server frames carry `"type"`: `message`,
-//! `subscribed`, `unsubscribed`, `gap`, `pong`, `authenticated`, `error`, `reconnect`. A
+//! (also to refresh a token before it expires), `{"op":"publish","channel":"c","data":<JSON>,
+//! "id":"r1"}` (where the namespace and token allow it: answered `published` with the cursor,
+//! or `error`, both carrying the `id`). Server frames carry `"type"`: `message`,
+//! `subscribed`, `unsubscribed`, `gap`, `pong`, `authenticated`, `published`, `error`,
+//! `reconnect`. A
 //! malformed or refused command gets an `error` frame and the connection stays open;
 //! oversized frames (1009), command floods (1008), slow consumption (1013), draining (1012)
 //! and an expired token (4001) close it.
@@ -42,6 +45,9 @@ struct RawCommand {
     /// A cursor or position token (string), or per-channel cursors (object).
     since: Option<serde_json::Value>,
     token: Option<String>,
+    channel: Option<String>,
+    data: Option<Box<serde_json::value::RawValue>>,
+    id: Option<serde_json::Value>,
 }
 
 enum Command {
@@ -49,6 +55,9 @@ enum Command {
     Unsubscribe(Vec<ChannelName>),
     Ping,
     Auth(String),
+    Publish(crate::publish::Pending),
+    /// A publish that cannot be carried out, answered with its request id.
+    PublishRefused(serde_json::Value, EdgeError),
 }
 
 fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> {
@@ -85,12 +94,34 @@ fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> 
             Some(t) if !t.is_empty() => Ok(Command::Auth(t)),
             _ => Err(bad("\"token\" must be a non-empty string".into())),
         },
+        Some("publish") => {
+            let id = crate::publish::request_id(raw.id.take())?;
+            let checked = (|| {
+                let channel = raw
+                    .channel
+                    .take()
+                    .ok_or_else(|| bad("\"channel\" must name the channel to publish to".into()))?;
+                let channel = ChannelName::new(&channel)?;
+                let data = raw.data.take().ok_or_else(|| {
+                    EdgeError::InvalidData("\"data\" is required (any JSON value)".into())
+                })?;
+                Ok::<_, EdgeError>((channel, data))
+            })();
+            Ok(match checked {
+                Ok((channel, data)) => Command::Publish(crate::publish::Pending {
+                    id,
+                    channel,
+                    data: bytes::Bytes::from(String::from(Box::<str>::from(data))),
+                }),
+                Err(e) => Command::PublishRefused(id, e),
+            })
+        }
         Some(other) => Err(bad(format!(
-            "unknown op {:?}: expected subscribe, unsubscribe, ping or auth",
+            "unknown op {:?}: expected subscribe, unsubscribe, ping, auth or publish",
             other.chars().take(32).collect::<String>()
         ))),
         None => Err(bad(
-            "missing \"op\": expected subscribe, unsubscribe, ping or auth".into(),
+            "missing \"op\": expected subscribe, unsubscribe, ping, auth or publish".into(),
         )),
     }
 }
@@ -140,7 +171,11 @@ pub(crate) fn fuzz_command(text: &str, max: usize) {
             }
         }
         Ok(Command::Auth(token)) => assert!(!token.is_empty()),
-        Ok(Command::Ping) | Err(_) => {}
+        Ok(Command::Publish(p)) => {
+            assert!(ChannelName::validate(p.channel.as_str()).is_ok());
+            assert!(serde_json::from_slice::<serde_json::Value>(&p.data).is_ok());
+        }
+        Ok(Command::Ping | Command::PublishRefused(..)) | Err(_) => {}
     }
 }
 
@@ -239,6 +274,7 @@ async fn serve(
         at: Instant::now(),
     };
     let mut batch = Vec::new();
+    let mut publishes = crate::publish::Publishes::new();
     loop {
         let deadline = auth.deadline;
         let expiry = async move {
@@ -265,6 +301,13 @@ async fn serve(
                 }
                 Err(closed) => return end(socket, Ending::of(closed)).await,
             },
+            answer = std::future::poll_fn(|cx| publishes.poll_answer(cx, edge, auth.who.as_ref())),
+                if publishes.busy() =>
+            {
+                if socket.send(frame(crate::publish::answer_frame(answer))).await.is_err() {
+                    return CloseReason::Normal;
+                }
+            }
             incoming = socket.recv() => {
                 last_heard = Instant::now();
                 let text = match incoming {
@@ -294,7 +337,7 @@ async fn serve(
                 }
                 // Boxed: commands are rare, and their futures (resume reads, token checks) would
                 // otherwise stay in every idle connection's state.
-                if Box::pin(command(edge, socket, session, auth, &text)).await.is_err() {
+                if Box::pin(command(edge, socket, session, auth, &mut publishes, &text)).await.is_err() {
                     return CloseReason::Normal;
                 }
             }
@@ -331,9 +374,30 @@ async fn command(
     socket: &mut WebSocket,
     session: &mut Session,
     auth: &mut Auth,
+    publishes: &mut crate::publish::Publishes,
     text: &str,
 ) -> Result<(), axum::Error> {
     match parse_command(text, edge.config.max_channels_per_connection) {
+        Ok(Command::Publish(p)) => {
+            let (id, channel) = (p.id.clone(), p.channel.clone());
+            match publishes.push(edge, auth.who.as_ref(), p) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let body = crate::publish::answer_frame((id, Some(channel), Err(e)));
+                    socket.send(frame(body)).await
+                }
+            }
+        }
+        Ok(Command::PublishRefused(id, e)) => {
+            edge.metrics.refuse(e.refusal());
+            edge.metrics
+                .client_publishes
+                .with_label_values(&["websocket", e.code()])
+                .inc();
+            socket
+                .send(frame(crate::publish::answer_frame((id, None, Err(e)))))
+                .await
+        }
         Ok(Command::Subscribe(channels, since)) => {
             let allowed = crate::auth::check_revoked(edge, auth.who.as_ref())
                 .and_then(|()| crate::auth::authorize(edge, auth.who.as_ref(), &channels));

@@ -138,6 +138,9 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Messages accepted by the broker through this node's gRPC API.
     pub messages_published: IntCounter,
+    /// Publishes from clients (WebSocket `publish`, `POST /publish`), by `transport`
+    /// (`websocket`, `http`) and `outcome` (`ok`, or the refusal's error code).
+    pub client_publishes: IntCounterVec,
     /// Messages written to clients, by protocol.
     pub messages_delivered: IntCounterVec,
     /// Publish accepted to written to a client, seconds.
@@ -241,6 +244,11 @@ impl Metrics {
                 "herald_connections_closed_total",
                 "Client connections closed, by protocol and reason.",
                 &["protocol", "reason"],
+            )?,
+            client_publishes: counter_vec(
+                "herald_client_publishes_total",
+                "Publishes from clients (WebSocket publish, POST /publish), by transport and outcome (ok or the error code).",
+                &["transport", "outcome"],
             )?,
             messages_published: counter(
                 "herald_messages_published_total",

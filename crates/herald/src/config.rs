@@ -82,6 +82,9 @@ pub(crate) struct NamespaceSettings {
     pub(crate) presence: Option<bool>,
     /// Subscribers of its channels get join/leave events [default: false].
     pub(crate) join_leave: Option<bool>,
+    /// Clients may publish to its channels: a token's `publish` claim must grant the channel
+    /// (on a node that verifies tokens), or the publish hook decides [default: false].
+    pub(crate) publish: Option<bool>,
 }
 
 /// Every setting of `herald serve`, each optional so flags, env and file can be layered.
@@ -180,6 +183,15 @@ pub(crate) struct Settings {
     /// Revocations (RevokeToken, RevokeUser) held at once [default: 100000].
     #[arg(long, env = "HERALD_MAX_REVOCATIONS")]
     pub(crate) max_revocations: Option<usize>,
+    /// Largest `data` a client may publish where its namespace has `publish = true`, bytes
+    /// [default: 16384].
+    #[arg(long, env = "HERALD_CLIENT_PUBLISH_MAX_BYTES")]
+    pub(crate) client_publish_max_bytes: Option<usize>,
+    /// Publishes per second one client may send (a WebSocket connection; over HTTP a user, or
+    /// an address without a token), bursts of twice that; 0 turns client publishes off
+    /// [default: 20].
+    #[arg(long, env = "HERALD_CLIENT_PUBLISH_RATE")]
+    pub(crate) client_publish_rate: Option<u32>,
     /// Origins allowed by CORS on /sse and /poll, comma-separated; * for any [default: *].
     #[arg(long, env = "HERALD_CORS_ORIGINS")]
     pub(crate) cors_origins: Option<String>,
@@ -311,7 +323,7 @@ impl Settings {
             nats_stream, nats_replicas, nats_storage, nats_live_interest, nats_user, nats_password, nats_token,
             nats_creds, nats_ca, nats_tls,
             history_size, history_ttl, max_message_bytes, outbox_bytes, recent_cache_bytes, fanout_shard_min, max_connections,
-            max_channels_per_connection, max_connections_per_user, max_revocations, cors_origins, disabled_transports, sse_heartbeat, sse_retry,
+            max_channels_per_connection, max_connections_per_user, max_revocations, client_publish_max_bytes, client_publish_rate, cors_origins, disabled_transports, sse_heartbeat, sse_retry,
             ws_ping_interval, drain_timeout, drain_rate, log, log_format, api_keys,
             api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval, auth_hmac_secret,
             auth_jwks_file, auth_issuer, auth_audience, auth_leeway, anonymous, namespaces,
@@ -422,6 +434,8 @@ fn policy(s: &Settings, history: &HistoryLimits) -> anyhow::Result<herald_auth::
             history_ttl: ns.history_ttl,
             presence: ns.presence.unwrap_or(false),
             join_leave: ns.join_leave.unwrap_or(false),
+            publish: ns.publish.unwrap_or(false),
+            ..Default::default()
         };
         namespaces.insert(name, rule);
     }
@@ -544,6 +558,21 @@ impl Config {
                 bail!("HERALD_MAX_REVOCATIONS must be at least 1");
             }
             edge.max_revocations = v;
+        }
+        if let Some(v) = s.client_publish_max_bytes {
+            if v == 0 || v > control.max_message_bytes {
+                bail!(
+                    "HERALD_CLIENT_PUBLISH_MAX_BYTES must be 1 to HERALD_MAX_MESSAGE_BYTES ({}), got {v}",
+                    control.max_message_bytes
+                );
+            }
+            edge.client_publish_max_bytes = v;
+        } else {
+            edge.client_publish_max_bytes =
+                edge.client_publish_max_bytes.min(control.max_message_bytes);
+        }
+        if let Some(v) = s.client_publish_rate {
+            edge.client_publish_rate = v;
         }
         if let Some(list) = &s.disabled_transports {
             for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {

@@ -14,6 +14,10 @@ pub(crate) struct TokenArgs {
     /// Channel pattern the token grants (`chat:*`, `user:{sub}`, `*`); repeat for several.
     #[arg(long = "channel", required = true)]
     channels: Vec<String>,
+    /// Channel pattern the token may publish to (where the namespace has `publish = true`);
+    /// repeat for several.
+    #[arg(long = "publish")]
+    publish: Vec<String>,
     /// Lifetime, e.g. 15m, 1h.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
@@ -37,7 +41,7 @@ pub(crate) struct TokenArgs {
 /// Prints the token on stdout.
 pub(crate) fn token(a: TokenArgs) -> anyhow::Result<()> {
     let secret = a.secret.split(',').next().unwrap_or("").trim();
-    for p in &a.channels {
+    for p in a.channels.iter().chain(&a.publish) {
         herald_auth::ChannelPattern::parse(p, &a.sub)?;
     }
     if a.ttl.is_zero() {
@@ -60,6 +64,7 @@ pub(crate) fn token(a: TokenArgs) -> anyhow::Result<()> {
     let claims = herald_auth::MintClaims {
         sub: a.sub,
         channels: a.channels,
+        publish: a.publish,
         iat: now,
         exp: now.saturating_add(a.ttl.as_secs().max(1)),
         nbf: None,
