@@ -30,3 +30,6 @@ echo "==> exact resume under random connection breaks, and the position-token co
 NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/resume.test.cjs"
 echo "==> presence: client ids, join/leave, server endings and server-side channel changes (two nodes on NATS)"
 NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/presence.test.cjs"
+echo "==> client publishes: the chat example page in two tabs on two nodes (WebSocket and POST /publish)"
+NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" SCREENSHOT="$ROOT/target/screenshots/chat.png" \
+  timeout 200 node "$JS/test/chat.test.cjs"

@@ -100,6 +100,8 @@ export interface Options {
    * Sent as `?token=` (EventSource and browser WebSockets cannot set headers).
    */
   token?: string | (() => string | Promise<string>);
+  /** Ms a publish() or rpc() waits for its answer [default: 10000]. */
+  requestTimeout?: number;
   onMessage?: (m: HeraldMessage) => void;
   onGap?: (g: GapEvent) => void;
   onState?: (s: StateEvent) => void;
@@ -149,12 +151,34 @@ export declare class Subscription extends EventTarget {
   add(...channels: (string | string[])[]): void;
   remove(...channels: (string | string[])[]): void;
   close(): void;
+  /**
+   * Publishes `data` (any JSON value) to `channel` where its namespace has `publish = true`
+   * and the token's `publish` claim grants it: over the WebSocket while connected on one, else
+   * `POST /publish`. Rejects with a {@link HeraldError}.
+   */
+  publish(channel: string, data: unknown): Promise<Published>;
+  /** Calls `method` of the application's backend (the node's RPC hook) with `data`. */
+  rpc<T = unknown>(method: string, data?: unknown): Promise<T>;
   addEventListener<K extends keyof SubscriptionEventMap>(
     type: K,
     listener: (ev: SubscriptionEventMap[K]) => void,
     options?: boolean | AddEventListenerOptions,
   ): void;
   addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+}
+
+/** A stored client publish. */
+export interface Published {
+  channel: string;
+  /** The message's `id`, as subscribers see it. */
+  cursor: string;
+}
+
+/** A refused or failed publish()/rpc(). */
+export declare class HeraldError extends Error {
+  /** The server's error code (`publish_forbidden`, `publish_rate_exceeded`, `hook_timeout`, ...) or `timeout`, `network_error`, `connection_lost`, `closed`. */
+  readonly code: string;
+  readonly detail: Record<string, unknown>;
 }
 
 export declare function subscribe(urls: string | string[], channels: string[], options?: Options): Subscription;
@@ -173,6 +197,7 @@ export declare function decodePositions(token: string, channels: Iterable<string
 declare const herald: {
   subscribe: typeof subscribe;
   Subscription: typeof Subscription;
+  HeraldError: typeof HeraldError;
   TRANSPORTS: Transport[];
   encodePositions: typeof encodePositions;
   decodePositions: typeof decodePositions;

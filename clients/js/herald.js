@@ -17,7 +17,18 @@ const DEFAULTS = {
   longPollWait: 25, // s, `wait` of a long-poll
   pollInterval: 2000, // ms between interval polls
   token: undefined, // JWT, or a function returning one (or a promise): called before each connect
+  requestTimeout: 10000, // ms a publish() or rpc() waits for its answer
 };
+
+/** A refused or failed publish()/rpc(): `code` is the server's error code. */
+export class HeraldError extends Error {
+  constructor(code, message, detail = {}) {
+    super(message || code);
+    this.name = "HeraldError";
+    this.code = code;
+    this.detail = detail;
+  }
+}
 
 // Cursors are decimal u64 strings (they can exceed 2^53: compared as strings, added as BigInt).
 const after = (a, b) => a.length > b.length || (a.length === b.length && a > b);
@@ -145,7 +156,58 @@ export class Subscription extends EventTarget {
     this._setState("closed");
   }
 
+  /**
+   * Publishes `data` (any JSON value) to `channel`, where its namespace allows client
+   * publishes and the token's `publish` claim grants it: over the WebSocket while connected
+   * on one, else `POST /publish` on the current node. Resolves to {channel, cursor}; rejects
+   * with a HeraldError (`code`: publish_forbidden, publish_rate_exceeded, ...).
+   */
+  publish(channel, data) {
+    return this._request({ op: "publish", channel, data }, "publish", { channel, data }, (f) => ({
+      channel: f.channel,
+      cursor: f.cursor,
+    }));
+  }
+
+  /**
+   * Calls `method` of the application's backend through the node's RPC hook (docs/hooks.md)
+   * with `data`; resolves to the backend's result, rejects with a HeraldError.
+   */
+  rpc(method, data = null) {
+    return this._request({ op: "rpc", method, data }, "rpc", { method, data }, (f) => f.result);
+  }
+
   // --- internals -------------------------------------------------------------------------
+
+  async _request(cmd, path, body, answer) {
+    if (this.state === "closed") throw new HeraldError("closed", "the subscription is closed");
+    const conn = this._conn;
+    if (this.transport === "websocket" && this.state === "connected" && conn && conn.request)
+      return answer(await conn.request(cmd, this.options.requestTimeout));
+    // No WebSocket: the node's HTTP endpoint, with the token in the Authorization header.
+    const base = this.url || this.urls[0];
+    const url = new URL(path, base.endsWith("/") ? base : base + "/");
+    let token = this.options.token;
+    if (typeof token === "function") token = await token();
+    const headers = { "content-type": "application/json" };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), this.options.requestTimeout);
+    let res, reply;
+    try {
+      res = await fetch(url, { method: "POST", headers, body: JSON.stringify(body), signal: ctl.signal, cache: "no-store" });
+      reply = await res.json().catch(() => ({}));
+    } catch (e) {
+      throw new HeraldError(ctl.signal.aborted ? "timeout" : "network_error", String(e));
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!res.ok) {
+      const e = reply.error || {};
+      throw new HeraldError(e.code || `http_${res.status}`, e.message, { status: res.status, ...e });
+    }
+    return answer(reply);
+  }
 
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
@@ -337,6 +399,22 @@ export class Subscription extends EventTarget {
 const OPEN = {
   websocket(sub, h) {
     const ws = new WebSocket(sub._endpoint("ws"));
+    // publish()/rpc() awaiting their answer, by request id.
+    const pending = new Map();
+    let nextId = 0;
+    const settle = (f) => {
+      const p = pending.get(f.id);
+      if (!p) return false;
+      pending.delete(f.id);
+      clearTimeout(p.timer);
+      if (f.type === "error") p.reject(new HeraldError(f.code, f.message, f));
+      else p.resolve(f);
+      return true;
+    };
+    const abandon = (code, message) => {
+      for (const p of pending.values()) clearTimeout(p.timer), p.reject(new HeraldError(code, message));
+      pending.clear();
+    };
     // Subscribe with each channel's position; channels without one start from now.
     ws.onopen = () => {
       const since = Object.fromEntries([...sub.channels].filter((c) => sub._pos.has(c)).map((c) => [c, sub._pos.get(c)]));
@@ -354,6 +432,7 @@ const OPEN = {
         return;
       }
       if (f.type === "message") h.message(f);
+      else if (f.id != null && (f.type === "published" || f.type === "rpc" || (f.type === "error" && f.op))) settle(f);
       else if (f.type === "subscribed") h.subscribed(f.cursor, f.channels, f);
       else if (f.type === "authenticated") f.client && (sub.clientId = f.client);
       else if (f.type === "unsubscribed") h.unsubscribed(f);
@@ -369,10 +448,12 @@ const OPEN = {
     };
     // 4001: the token expired; reconnecting at once fetches a fresh one. 4002/4003: the
     // server disconnected us, 4004: the token was revoked (normally after their frame).
-    ws.onclose = (e) =>
-      e.code > 4001 && e.code < 4005
-        ? h.over({ code: e.code > 4003 ? "token_revoked" : "disconnected", reconnect: e.code === 4003 })
-        : end(e.code === 1012 ? "drain" : e.code === 1013 || e.code === 4001 ? "slow" : "fail");
+    ws.onclose = (e) => {
+      abandon("connection_lost", "the connection closed before the answer: the request may or may not have been carried out");
+      if (e.code > 4001 && e.code < 4005)
+        h.over({ code: e.code > 4003 ? "token_revoked" : "disconnected", reconnect: e.code === 4003 });
+      else end(e.code === 1012 ? "drain" : e.code === 1013 || e.code === 4001 ? "slow" : "fail");
+    };
     // With a token function, refresh at 80% of each token's life without reconnecting.
     let refresh;
     const plan = (token) => {
@@ -390,8 +471,17 @@ const OPEN = {
     ws.onerror = () => {};
     return {
       send: (cmd) => ws.readyState === 1 && ws.send(JSON.stringify(cmd)),
+      request: (cmd, timeout) =>
+        new Promise((resolve, reject) => {
+          if (ws.readyState !== 1) return reject(new HeraldError("not_connected", "the WebSocket is not open"));
+          const id = `r${++nextId}`;
+          const timer = setTimeout(() => pending.delete(id) && reject(new HeraldError("timeout", "no answer in time")), timeout);
+          pending.set(id, { resolve, reject, timer });
+          ws.send(JSON.stringify({ ...cmd, id }));
+        }),
       close: () => {
         ended = true;
+        abandon("closed", "the connection was closed before the answer");
         clearTimeout(refresh);
         ws.onclose = ws.onmessage = ws.onopen = null;
         ws.close();
@@ -514,4 +604,4 @@ export function subscribe(urls, channels, options) {
   return new Subscription(urls, channels, options);
 }
 
-export default { subscribe, Subscription, TRANSPORTS, encodePositions, decodePositions };
+export default { subscribe, Subscription, HeraldError, TRANSPORTS, encodePositions, decodePositions };

@@ -48,3 +48,12 @@ room.addEventListener("disconnect", (e) => {
 });
 room.addEventListener("subscribed", (e) => console.log(e.detail.channels, e.detail.cursor, e.detail.server));
 room.addEventListener("unsubscribed", (e) => console.log(e.detail.channels, e.detail.reason));
+
+// Client publishes and RPC (docs/sdk.md, "Publishing").
+import { HeraldError, type Published } from "../herald.js";
+const chat = subscribe("", ["chat:lobby"], { token: "eyJ...", requestTimeout: 5000 });
+chat.publish("chat:lobby", { text: "hi" }).then((p: Published) => console.log(p.channel, p.cursor));
+chat.publish("chat:lobby", 1).catch((e: unknown) => {
+  if (e instanceof HeraldError) console.log(e.code, e.message, e.detail);
+});
+chat.rpc<{ ok: boolean }>("echo", { x: 1 }).then((r) => console.log(r.ok));

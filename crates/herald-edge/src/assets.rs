@@ -1,5 +1,5 @@
 //! Static assets on the client port: the browser SDK at `/herald.js` (embedded at build time
-//! from `clients/js/herald.js`) and a demo page at `/`; and the switch that refuses
+//! from `clients/js/herald.js`), a demo page at `/` and a chat example at `/chat`; and the switch that refuses
 //! transports listed in [`crate::EdgeConfig::disabled_transports`].
 
 use std::sync::Arc;
@@ -19,12 +19,15 @@ use crate::EdgeInner;
 const HERALD_JS: &str = include_str!("../../../clients/js/herald.js");
 /// The demo page, `clients/js/demo.html`.
 const DEMO_HTML: &str = include_str!("../../../clients/js/demo.html");
+/// The chat example, `clients/js/chat.html`: client publishes (docs/sdk.md).
+const CHAT_HTML: &str = include_str!("../../../clients/js/chat.html");
 
 pub(crate) fn routes() -> Router<Arc<EdgeInner>> {
     Router::new()
         .route("/herald.js", get(sdk))
         .route("/", get(demo))
         .route("/demo", get(demo))
+        .route("/chat", get(chat))
 }
 
 async fn sdk() -> Response {
@@ -47,6 +50,17 @@ async fn demo() -> Response {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         DEMO_HTML,
+    )
+        .into_response()
+}
+
+async fn chat() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CHAT_HTML,
     )
         .into_response()
 }
