@@ -226,8 +226,18 @@ mod tests {
     fn refusal_codes_are_validated_and_reasons_truncated() {
         let r = Refusal::new(Some("banned_2"), Some("no"));
         assert_eq!((r.code.as_str(), r.reason.as_str()), ("banned_2", "no"));
-        for bad in [None, Some(""), Some("Banned"), Some("a-b"), Some(&*"a".repeat(65))] {
-            assert_eq!(Refusal::new(bad, None).code, Refusal::DEFAULT_CODE, "{bad:?}");
+        for bad in [
+            None,
+            Some(""),
+            Some("Banned"),
+            Some("a-b"),
+            Some(&*"a".repeat(65)),
+        ] {
+            assert_eq!(
+                Refusal::new(bad, None).code,
+                Refusal::DEFAULT_CODE,
+                "{bad:?}"
+            );
         }
         let long = "é".repeat(300);
         assert_eq!(Refusal::new(None, Some(&long)).reason.chars().count(), 256);

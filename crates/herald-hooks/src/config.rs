@@ -42,7 +42,9 @@ impl HookTarget {
             .ok_or_else(|| bad("no host (expected http://host:port/path or grpc://host:port)"))?
             .clone();
         if uri.query().is_some() {
-            return Err(bad("a query string is not allowed (hook paths are appended)"));
+            return Err(bad(
+                "a query string is not allowed (hook paths are appended)",
+            ));
         }
         match uri.scheme_str() {
             Some("http" | "https") => Ok(Self::Http(uri)),
@@ -136,8 +138,8 @@ impl HookConfig {
             return Err(HookConfigError::MaxConcurrent(self.max_concurrent));
         }
         for h in &self.forward_headers {
-            let ok = http::HeaderName::from_bytes(h.as_bytes())
-                .is_ok_and(|n| n.as_str() == h.as_str());
+            let ok =
+                http::HeaderName::from_bytes(h.as_bytes()).is_ok_and(|n| n.as_str() == h.as_str());
             if !ok {
                 return Err(HookConfigError::InvalidHeaderName(h.clone()));
             }
@@ -181,13 +183,25 @@ mod tests {
     #[test]
     fn targets_parse_by_scheme() {
         let t = HookTarget::parse("http://app:3000/herald").unwrap();
-        assert_eq!(t, HookTarget::Http("http://app:3000/herald".parse().unwrap()));
-        assert!(matches!(HookTarget::parse("https://app/h"), Ok(HookTarget::Http(_))));
+        assert_eq!(
+            t,
+            HookTarget::Http("http://app:3000/herald".parse().unwrap())
+        );
+        assert!(matches!(
+            HookTarget::parse("https://app/h"),
+            Ok(HookTarget::Http(_))
+        ));
         let g = HookTarget::parse("grpc://app:50052").unwrap();
         assert_eq!(g, HookTarget::Grpc("http://app:50052/".parse().unwrap()));
         assert_eq!(g.to_string(), "grpc://app:50052");
-        for bad in ["", "app:3000", "ftp://app/", "grpc://app", "grpc://app:1/x", "http://app/?a=1"]
-        {
+        for bad in [
+            "",
+            "app:3000",
+            "ftp://app/",
+            "grpc://app",
+            "grpc://app:1/x",
+            "http://app/?a=1",
+        ] {
             assert!(HookTarget::parse(bad).is_err(), "{bad:?} parsed");
         }
     }
@@ -195,11 +209,17 @@ mod tests {
     #[test]
     fn https_zero_timeout_and_bad_headers_are_refused() {
         let https = HookConfig::new(HookTarget::parse("https://app/h").unwrap());
-        assert!(matches!(https.validate(), Err(HookConfigError::TlsUnsupported(_))));
+        assert!(matches!(
+            https.validate(),
+            Err(HookConfigError::TlsUnsupported(_))
+        ));
         let mut c = HookConfig::new(HookTarget::parse("http://app/h").unwrap());
         assert_eq!(c.validate(), Ok(()));
         c.forward_headers.push("X-Upper".into());
-        assert!(matches!(c.validate(), Err(HookConfigError::InvalidHeaderName(_))));
+        assert!(matches!(
+            c.validate(),
+            Err(HookConfigError::InvalidHeaderName(_))
+        ));
         c.forward_headers.pop();
         c.max_concurrent = 0;
         assert_eq!(c.validate(), Err(HookConfigError::MaxConcurrent(0)));

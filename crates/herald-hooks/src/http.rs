@@ -259,8 +259,12 @@ impl HttpHooks {
         if !status.is_success() {
             return Err(HookError::BadAnswer(format!("HTTP {status}")));
         }
-        let too_large = || HookError::BadAnswer(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
-        if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        let too_large =
+            || HookError::BadAnswer(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
             return Err(too_large());
         }
         let mut answer = Vec::new();

@@ -38,11 +38,7 @@ mod http;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::{
-    fmt,
-    sync::Arc,
-    time::Instant,
-};
+use std::{fmt, sync::Arc, time::Instant};
 
 use herald_telemetry::HookMetrics;
 use tokio::sync::Semaphore;
@@ -52,8 +48,8 @@ pub use call::{
     Refusal, RpcAnswer, RpcCall, SubscribeCall,
 };
 pub use config::{
-    DEFAULT_FORWARD_HEADERS, DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, HookConfig,
-    HookConfigError, HookTarget, MAX_ANSWER_BYTES,
+    DEFAULT_FORWARD_HEADERS, DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, HookConfig, HookConfigError,
+    HookTarget, MAX_ANSWER_BYTES,
 };
 
 /// Which hook a call is (its HTTP path segment and `hook` metric label).
@@ -261,6 +257,12 @@ impl Hooks {
             Ok(_permit) => {
                 let _in_flight = InFlight::new(&inner.metrics);
                 match tokio::time::timeout(inner.config.timeout, call).await {
+                    // A failure once the budget is spent is the timeout, whoever noticed it
+                    // first: tonic enforces the `grpc-timeout` it sends and reports it as
+                    // `CANCELLED` a moment before our own timer fires.
+                    Ok(Err(_)) if started.elapsed() >= inner.config.timeout => {
+                        Err(HookError::Timeout)
+                    }
                     Ok(r) => r,
                     Err(_) => Err(HookError::Timeout),
                 }

@@ -350,7 +350,11 @@ async fn http_hook(State(calls): State<Calls>, req: Request) -> Response {
         channels: b
             .get("channels")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default(),
         channel: s("channel"),
         method: s("method"),
@@ -573,7 +577,9 @@ impl HeraldProxy for GrpcBackend {
         let result = match common_reply(&reply)? {
             Some(r) => rpc_response::Answer::Error(r),
             None => match reply {
-                Reply::RpcResult(v) => rpc_response::Answer::Result(v.to_string().into_bytes().into()),
+                Reply::RpcResult(v) => {
+                    rpc_response::Answer::Result(v.to_string().into_bytes().into())
+                }
                 _ => return Err(Status::internal("script: no rpc answer")),
             },
         };
