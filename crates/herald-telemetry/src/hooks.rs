@@ -101,7 +101,9 @@ mod tests {
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .unwrap();
-        assert!(text.contains("herald_hook_calls_total{hook=\"connect\",outcome=\"error_timeout\"} 0"));
+        assert!(
+            text.contains("herald_hook_calls_total{hook=\"connect\",outcome=\"error_timeout\"} 0")
+        );
         assert!(text.contains("herald_hook_calls_total{hook=\"rpc\",outcome=\"refuse\"} 1"));
         assert!(text.contains(
             "herald_hook_duration_seconds_count{hook=\"publish\",outcome=\"published\"} 0"
