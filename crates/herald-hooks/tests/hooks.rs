@@ -513,3 +513,68 @@ fn grpc_hooks_outside_a_runtime_are_an_error_not_a_panic() {
     .unwrap_err();
     assert_eq!(err, herald_hooks::HookConfigError::NoRuntime);
 }
+
+/// A raw HTTP/1.1 server answering each connection with `head`, then `chunks` of the body
+/// (chunked encoding), pausing `pause` between chunks.
+async fn raw_chunked(chunks: Vec<String>, pause: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let chunks = chunks.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for c in chunks {
+                    let frame = format!("{:x}\r\n{c}\r\n", c.len());
+                    if s.write_all(frame.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_cut_at_64_kib_and_read_within_the_timeout() {
+    // No content-length: the limit is enforced while reading.
+    let mut chunks = vec![r#"{"allow":true,"pad":""#.to_owned()];
+    chunks.extend(std::iter::repeat_n("x".repeat(16 * 1024), 5));
+    chunks.push(r#""}"#.to_owned());
+    let addr = raw_chunked(chunks, Duration::ZERO).await;
+    let h = hooks_with(
+        HookTarget::parse(&format!("http://{addr}")).unwrap(),
+        |_| {},
+    );
+    let r = subscribe(&h, "news").await;
+    assert!(matches!(r, Err(HookError::BadAnswer(_))), "{r:?}");
+
+    // Headers at once, body trickling past the timeout: a timeout, not a hang.
+    let chunks = vec![r#"{"allow":"#.to_owned(), "true}".to_owned()];
+    let addr = raw_chunked(chunks, Duration::from_secs(5)).await;
+    let timeout = Duration::from_millis(300);
+    let h = hooks_with(HookTarget::parse(&format!("http://{addr}")).unwrap(), |c| {
+        c.timeout = timeout
+    });
+    let started = Instant::now();
+    assert_eq!(subscribe(&h, "news").await, Err(HookError::Timeout));
+    assert!(started.elapsed() < timeout + Duration::from_millis(500));
+
+    // The same server answering in time is fine (the chunked path parses).
+    let chunks = vec![r#"{"allow":"#.to_owned(), "true}".to_owned()];
+    let addr = raw_chunked(chunks, Duration::from_millis(10)).await;
+    let h = hooks_with(
+        HookTarget::parse(&format!("http://{addr}")).unwrap(),
+        |_| {},
+    );
+    assert_eq!(subscribe(&h, "news").await, Ok(Decision::Allow));
+}
