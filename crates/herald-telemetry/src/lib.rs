@@ -5,7 +5,12 @@
 //! so dashboards and alerts never see a missing series. No label ever holds a channel name or
 //! a client id.
 
+pub mod hooks;
 pub mod trace;
+
+pub use hooks::HookMetrics;
+
+use std::sync::Arc;
 
 use herald_core::Protocol;
 use prometheus::{
@@ -183,6 +188,8 @@ pub struct Metrics {
     pub outbox_queued_bytes: Histogram,
     /// Which broker this node uses (one series at 1, the others at 0).
     pub broker_info: IntGaugeVec,
+    /// The backend hooks' families ([`hooks`]), handed to herald-hooks.
+    pub hooks: Arc<HookMetrics>,
     /// `messages_delivered` resolved per protocol ([`Protocol::index`]): the hot path must
     /// not hash label values for every delivery.
     delivered_by: [IntCounter; 4],
@@ -348,6 +355,7 @@ impl Metrics {
                 "1 for the broker kind this node uses (memory or nats), 0 for the others.",
                 &["broker"],
             )?,
+            hooks: Arc::new(HookMetrics::register(&registry)?),
             delivered_by: Protocol::ALL.map(|p| delivered.with_label_values(&[p.as_str()])),
             registry,
         };
