@@ -10,6 +10,7 @@ mod cluster;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod cursor;
+pub mod hooks;
 mod json;
 mod memory;
 mod message;

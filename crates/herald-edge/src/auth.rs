@@ -11,7 +11,10 @@ use tokio::time::Instant;
 use crate::{EdgeError, EdgeInner, params::ClientQuery};
 
 /// The client's token: `Authorization: Bearer <token>`, else `?token=`.
-fn token<'a>(headers: &'a HeaderMap, query: &'a ClientQuery) -> Result<Option<&'a str>, EdgeError> {
+pub(crate) fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a ClientQuery,
+) -> Result<Option<&'a str>, EdgeError> {
     Ok(bearer(headers)?.or(query.token.as_deref()))
 }
 

@@ -85,6 +85,15 @@ pub enum EdgeError {
         /// Publishes allowed in a burst.
         burst: u32,
     },
+    /// The application's backend refused (a hook answered no): its code and reason.
+    #[error("{}", if .0.reason.is_empty() { "refused by the application" } else { .0.reason.as_str() })]
+    AppRefused(herald_core::hooks::Refusal),
+    /// A backend hook gave no usable answer (timeout, down, overloaded, garbage).
+    #[error("{0}")]
+    Hook(#[from] herald_core::hooks::HookError),
+    /// RPC over the connection is not configured on this node.
+    #[error("RPC is not enabled on this node (HERALD_RPC_HOOK)")]
+    RpcDisabled,
     /// The operator disconnected the user while this request was held.
     #[error("disconnected by the server")]
     Disconnected {
@@ -119,6 +128,10 @@ impl EdgeError {
             EdgeError::InvalidData(_) => "invalid_data",
             EdgeError::PublishTooLarge { .. } => "message_too_large",
             EdgeError::PublishRate { .. } => "publish_rate_exceeded",
+            // The application's own code is in the body (`body`).
+            EdgeError::AppRefused(_) => "forbidden_by_app",
+            EdgeError::Hook(e) => e.code(),
+            EdgeError::RpcDisabled => "rpc_disabled",
         }
     }
 
@@ -137,6 +150,8 @@ impl EdgeError {
             ) => "forbidden",
             EdgeError::PublishRate { .. } => "rate_limited",
             EdgeError::PublishTooLarge { .. } => "message_too_large",
+            EdgeError::AppRefused(_) | EdgeError::RpcDisabled => "forbidden",
+            EdgeError::Hook(_) => "hook_failed",
             EdgeError::OriginForbidden(_) => "origin_forbidden",
             EdgeError::TooManyUserConnections { .. } => "too_many_connections_for_user",
             EdgeError::TokenRevoked => "unauthorized",
@@ -146,9 +161,10 @@ impl EdgeError {
 
     fn status(&self) -> StatusCode {
         match self {
-            EdgeError::TooManyConnections | EdgeError::Draining | EdgeError::Broker(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            EdgeError::TooManyConnections
+            | EdgeError::Draining
+            | EdgeError::Broker(_)
+            | EdgeError::Hook(_) => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::NotWebSocket(_) => StatusCode::UPGRADE_REQUIRED,
             EdgeError::Unauthorized(_)
             | EdgeError::Denied(Denied::TokenRequired(_))
@@ -161,7 +177,9 @@ impl EdgeError {
             EdgeError::Denied(
                 Denied::Forbidden(_) | Denied::PublishForbidden(_) | Denied::PublishDisabled(_),
             )
-            | EdgeError::OriginForbidden(_) => StatusCode::FORBIDDEN,
+            | EdgeError::OriginForbidden(_)
+            | EdgeError::AppRefused(_)
+            | EdgeError::RpcDisabled => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -169,6 +187,9 @@ impl EdgeError {
     /// The JSON error object (also the body of WebSocket `error` frames).
     pub(crate) fn body(&self) -> serde_json::Value {
         let mut body = serde_json::json!({"code": self.code(), "message": self.to_string()});
+        if let EdgeError::AppRefused(r) = self {
+            body["code"] = r.code.as_str().into();
+        }
         if let EdgeError::Disconnected { reconnect, reason } = self {
             body["reconnect"] = (*reconnect).into();
             body["reason"] = (**reason).into();

@@ -46,10 +46,10 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// A connection of `who` (anonymous when `None`).
-    pub(crate) fn new(who: Option<&Principal>) -> Self {
+    /// A connection of `who` (anonymous when `None`), with client id `id` or a fresh one.
+    pub(crate) fn new(who: Option<&Principal>, id: Option<Box<str>>) -> Self {
         Self {
-            id: client_id(),
+            id: id.unwrap_or_else(client_id),
             user: who.map_or_else(|| Arc::from(""), |p| Arc::from(p.user.as_str())),
             info: who.and_then(|p| p.info.clone()),
             since_ms: herald_core::unix_micros() / 1000,

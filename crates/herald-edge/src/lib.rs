@@ -10,6 +10,7 @@ mod auth;
 mod conn;
 mod deliver;
 mod error;
+mod hooks;
 mod hub;
 mod identity;
 mod limits;
@@ -145,6 +146,12 @@ pub struct EdgeConfig {
     pub max_connections_per_user: usize,
     /// Most revocations held.
     pub max_revocations: usize,
+    /// The application's backend hooks (docs/hooks.md); `None`: no hooks.
+    pub hooks: Option<Arc<dyn herald_core::hooks::HookCaller>>,
+    /// Ask the connect hook before accepting each WebSocket, SSE stream and poll request.
+    pub connect_hook: bool,
+    /// Pass WebSocket `rpc` commands and `POST /rpc` to the RPC hook.
+    pub rpc_hook: bool,
     /// Largest `data` a client may publish (WebSocket `publish`, `POST /publish`).
     pub client_publish_max_bytes: usize,
     /// Publishes per second one client may send (a WebSocket connection; over HTTP one user,
@@ -240,6 +247,9 @@ impl Default for EdgeConfig {
             node_id: "herald".into(),
             max_connections_per_user: 0,
             max_revocations: Self::DEFAULT_MAX_REVOCATIONS,
+            hooks: None,
+            connect_hook: false,
+            rpc_hook: false,
             client_publish_max_bytes: Self::DEFAULT_CLIENT_PUBLISH_MAX_BYTES,
             client_publish_rate: Self::DEFAULT_CLIENT_PUBLISH_RATE,
         }
@@ -370,6 +380,7 @@ impl Edge {
             .route("/sse", get(sse_route))
             .route("/poll", get(poll_route))
             .route("/publish", axum::routing::post(publish::route))
+            .route("/rpc", axum::routing::post(publish::rpc_route))
             .layer(cors);
         let mut routes = Router::new()
             .route("/ws", get(ws_route))
@@ -555,10 +566,11 @@ async fn ws_route(
     State(edge): State<Arc<EdgeInner>>,
     RawQuery(query): RawQuery,
     kill: Option<axum::Extension<ConnKill>>,
+    addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let result = (|| {
+    let result = async {
         let upgrade = upgrade.map_err(|e| EdgeError::NotWebSocket(e.body_text()))?;
         if edge.is_draining() {
             return Err(EdgeError::Draining);
@@ -566,15 +578,49 @@ async fn ws_route(
         auth::check_origin(&edge, &headers)?;
         let initial = params::parse(query.as_deref(), edge.config.max_channels_per_connection)?;
         let who = auth::authenticate(&edge, &headers, &initial)?;
-        auth::authorize(&edge, who.as_ref(), &initial.channels)?;
-        let reg = edge.registry.register(
+        // With hooks, the client id is chosen now so the backend hears of it, and the
+        // connection keeps what later subscribe, publish and RPC calls tell the backend.
+        let ip = addr.map(|axum::Extension(ConnectInfo(a))| a.ip());
+        let id = edge.config.hooks.is_some().then(identity::client_id);
+        let ctx = |hooks: &dyn herald_core::hooks::HookCaller,
+                   who: Option<&herald_auth::Principal>| {
+            hooks::context(
+                hooks,
+                id.as_deref().unwrap_or(""),
+                "websocket",
+                ip,
+                who,
+                Some(&headers),
+            )
+        };
+        let token = auth::token(&headers, &initial).ok().flatten();
+        let who = hooks::connect(&edge, who, token, &initial.channels, ctx).await?;
+        let hook_ctx = edge
+            .config
+            .hooks
+            .as_deref()
+            .map(|h| Box::new(ctx(h, who.as_ref())));
+        hooks::authorize(&edge, who.as_ref(), &initial.channels, |h| {
+            ctx(h, who.as_ref())
+        })
+        .await?;
+        let reg = edge.registry.register_as(
             Protocol::WebSocket,
             edge.config.outbox_bytes,
             ConnKill::token(kill),
             who.as_ref(),
+            id,
         )?;
-        Ok(ws::upgrade(edge.clone(), upgrade, reg, initial, who))
-    })();
+        Ok(ws::upgrade(
+            edge.clone(),
+            upgrade,
+            reg,
+            initial,
+            who,
+            hook_ctx,
+        ))
+    }
+    .await;
     result.unwrap_or_else(|e: EdgeError| {
         edge.metrics.refuse(e.refusal());
         e.into_response()
@@ -585,9 +631,11 @@ async fn sse_route(
     State(edge): State<Arc<EdgeInner>>,
     RawQuery(query): RawQuery,
     kill: Option<axum::Extension<ConnKill>>,
+    addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
-    sse::handle(edge.clone(), query, headers, ConnKill::token(kill))
+    let ip = addr.map(|axum::Extension(ConnectInfo(a))| a.ip());
+    sse::handle(edge.clone(), query, headers, ConnKill::token(kill), ip)
         .await
         .unwrap_or_else(|e| {
             edge.metrics.refuse(e.refusal());
@@ -605,7 +653,12 @@ async fn poll_route(
         .map(|ConnectInfo(addr)| addr.ip());
     // Checked on the request as it is (no copy of its query or headers), which is then
     // dropped: a held poll keeps none of it.
-    let prepared = poll::prepare(&edge, ip, request.uri().query(), request.headers());
+    let mut prepared = poll::prepare(&edge, ip, request.uri().query(), request.headers());
+    if edge.config.hooks.is_some()
+        && let Ok(p) = prepared
+    {
+        prepared = poll::ask_hooks(&edge, p, ip, request.uri().query(), request.headers()).await;
+    }
     drop(request);
     let answer = match prepared {
         Ok(prepared) => poll::handle(edge.clone(), prepared).await,

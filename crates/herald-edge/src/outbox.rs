@@ -86,7 +86,7 @@ struct State {
 impl Outbox {
     #[cfg(test)]
     pub(crate) fn new(limit: usize, protocol: Protocol) -> Self {
-        Self::for_client(limit, protocol, Client::new(None))
+        Self::for_client(limit, protocol, Client::new(None, None))
     }
 
     /// An empty outbox of `client`'s connection.

@@ -257,6 +257,28 @@ pub(crate) fn prepare(
     })
 }
 
+/// The backend hooks of a prepared poll (on a node with hooks): the connect hook (each poll
+/// request is a connect: it carries no session) and the subscribe hook of its channels.
+pub(crate) async fn ask_hooks(
+    edge: &EdgeInner,
+    mut p: Prepared,
+    ip: Option<IpAddr>,
+    raw_query: Option<&str>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Prepared, EdgeError> {
+    let token = crate::auth::request_token(headers, raw_query)
+        .ok()
+        .flatten();
+    let protocol = p.protocol.as_str();
+    let ctx = |hooks: &dyn herald_core::hooks::HookCaller, who: Option<&Principal>| {
+        crate::hooks::context(hooks, "", protocol, ip, who, Some(headers))
+    };
+    p.who = crate::hooks::connect(edge, p.who.take(), token.as_deref(), &p.channels, ctx).await?;
+    let who = p.who.as_ref();
+    crate::hooks::authorize(edge, who, &p.channels, |h| ctx(h, who)).await?;
+    Ok(p)
+}
+
 /// Answers a prepared `GET /poll`: at once, or held until a message or the wait runs out.
 pub(crate) async fn handle(edge: Arc<EdgeInner>, p: Prepared) -> Result<Response, EdgeError> {
     let Prepared {

@@ -29,7 +29,10 @@ use axum::{
 };
 use bytes::Bytes;
 use herald_auth::Principal;
-use herald_core::{BrokerError, ChannelName, InvalidPayload, Payload, PublishRequest, Published};
+use herald_core::{
+    BrokerError, ChannelName, InvalidPayload, Payload, PublishRequest, Published,
+    hooks::{ClientContext, HookError, PublishAnswer, PublishCall, RpcAnswer, RpcCall},
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -58,15 +61,26 @@ impl Transport {
     }
 }
 
-/// Checks and stores one client publish of `data` (the raw JSON text) to `channel`.
+/// What became of an accepted client publish.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stored {
+    /// Stored by the broker: the cursor subscribers see.
+    Message(Published),
+    /// The publish hook answered that the application published it itself.
+    ByApp,
+}
+
+/// Checks and stores one client publish of `data` (the raw JSON text) to `channel`. `ctx`:
+/// what the publish hook is told about the client (built when the node has hooks).
 pub(crate) async fn publish(
     edge: &EdgeInner,
     who: Option<&Principal>,
+    ctx: Option<&ClientContext>,
     channel: &ChannelName,
     data: Bytes,
     transport: Transport,
-) -> Result<Published, EdgeError> {
-    let result = checked_publish(edge, who, channel, data).await;
+) -> Result<Stored, EdgeError> {
+    let result = checked_publish(edge, who, ctx, channel, data).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => {
@@ -81,24 +95,52 @@ pub(crate) async fn publish(
     result
 }
 
+fn payload(edge: &EdgeInner, data: Bytes) -> Result<Payload, EdgeError> {
+    let max = edge.config.client_publish_max_bytes;
+    Payload::from_json(data, max).map_err(|e| match e {
+        InvalidPayload::TooLarge { size, .. } => EdgeError::PublishTooLarge { size, max },
+        InvalidPayload::NotJson(m) => EdgeError::InvalidData(format!(
+            "data is not valid JSON: {m} (data must be one JSON value)"
+        )),
+    })
+}
+
 async fn checked_publish(
     edge: &EdgeInner,
     who: Option<&Principal>,
+    ctx: Option<&ClientContext>,
     channel: &ChannelName,
     data: Bytes,
-) -> Result<Published, EdgeError> {
+) -> Result<Stored, EdgeError> {
     if edge.config.client_publish_rate == 0 {
         return Err(herald_auth::Denied::PublishDisabled(channel.to_string()).into());
     }
     crate::auth::check_revoked(edge, who)?;
     edge.config.policy.authorize_publish(who, channel)?;
-    let max = edge.config.client_publish_max_bytes;
-    let data = Payload::from_json(data, max).map_err(|e| match e {
-        InvalidPayload::TooLarge { size, .. } => EdgeError::PublishTooLarge { size, max },
-        InvalidPayload::NotJson(m) => EdgeError::InvalidData(format!(
-            "data is not valid JSON: {m} (data must be one JSON value)"
-        )),
-    })?;
+    let mut data = payload(edge, data)?;
+    if edge.config.policy.rule(channel).publish_hook {
+        let (Some(hooks), Some(ctx)) = (edge.config.hooks.as_deref(), ctx) else {
+            return Err(HookError::Unavailable("no hook target".into()).into());
+        };
+        let raw = RawValue::from_string(String::from_utf8_lossy(data.bytes()).into_owned())
+            .map_err(|e| EdgeError::InvalidData(e.to_string()))?;
+        let answer = hooks
+            .publish(PublishCall {
+                ctx: ctx.clone(),
+                channel: channel.as_str().to_owned(),
+                data: raw,
+            })
+            .await?;
+        match answer {
+            PublishAnswer::Allow { data: None } => {}
+            // The backend's data obeys the same rules as the client's.
+            PublishAnswer::Allow { data: Some(new) } => {
+                data = payload(edge, Bytes::from(String::from(Box::<str>::from(new))))?;
+            }
+            PublishAnswer::Published => return Ok(Stored::ByApp),
+            PublishAnswer::Refuse(r) => return Err(EdgeError::AppRefused(r)),
+        }
+    }
     let published = edge
         .broker
         .publish(PublishRequest {
@@ -114,7 +156,59 @@ async fn checked_publish(
     if !published.duplicate {
         edge.metrics.messages_published.inc();
     }
-    Ok(published)
+    Ok(Stored::Message(published))
+}
+
+/// Passes a client's RPC to the backend's RPC hook: its result, or its refusal.
+pub(crate) async fn rpc(
+    edge: &EdgeInner,
+    who: Option<&Principal>,
+    ctx: Option<&ClientContext>,
+    method: &str,
+    data: Box<RawValue>,
+) -> Result<Box<RawValue>, EdgeError> {
+    let result = async {
+        let (Some(hooks), Some(ctx), true) =
+            (edge.config.hooks.as_deref(), ctx, edge.config.rpc_hook)
+        else {
+            return Err(EdgeError::RpcDisabled);
+        };
+        crate::auth::check_revoked(edge, who)?;
+        match hooks
+            .rpc(RpcCall {
+                ctx: ctx.clone(),
+                method: method.to_owned(),
+                data,
+            })
+            .await?
+        {
+            RpcAnswer::Result(r) => Ok(r),
+            RpcAnswer::Error(r) => Err(EdgeError::AppRefused(r)),
+        }
+    }
+    .await;
+    if let Err(e) = &result {
+        edge.metrics.refuse(e.refusal());
+    }
+    result
+}
+
+/// Checks an RPC method name: 1-64 characters of `A-Z a-z 0-9 _ - . : /`.
+pub(crate) fn method_name(method: Option<String>) -> Result<String, EdgeError> {
+    match method {
+        Some(m)
+            if !m.is_empty()
+                && m.len() <= crate::hooks::MAX_METHOD_LEN
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b)) =>
+        {
+            Ok(m)
+        }
+        _ => Err(EdgeError::BadCommand(format!(
+            "\"method\" must be 1-{} characters of A-Z a-z 0-9 _ - . : /",
+            crate::hooks::MAX_METHOD_LEN
+        ))),
+    }
 }
 
 /// A client's request id, echoed in the answer: a string of at most [`MAX_ID_LEN`] bytes or
@@ -159,20 +253,32 @@ impl Bucket {
     }
 }
 
-/// One queued WebSocket publish.
+/// One queued WebSocket publish or RPC.
 pub(crate) struct Pending {
     pub(crate) id: serde_json::Value,
-    pub(crate) channel: ChannelName,
-    pub(crate) data: Bytes,
+    pub(crate) what: Request,
 }
 
-/// A publish's answer for the WebSocket: the request id, the channel, and the cursor or the
-/// refusal.
-pub(crate) type Answer = (
-    serde_json::Value,
-    Option<ChannelName>,
-    Result<Published, EdgeError>,
-);
+/// What a queued command asks.
+pub(crate) enum Request {
+    Publish { channel: ChannelName, data: Bytes },
+    Rpc { method: String, data: Box<RawValue> },
+}
+
+/// What a command achieved.
+pub(crate) enum Done {
+    Stored(Stored),
+    Rpc(Box<RawValue>),
+}
+
+/// A command's answer for the WebSocket: the request id, what it was, and its outcome.
+pub(crate) type Answer = (serde_json::Value, Asked, Result<Done, EdgeError>);
+
+/// What an answer is about (for its frame).
+pub(crate) enum Asked {
+    Publish(Option<ChannelName>),
+    Rpc,
+}
 
 type Flight = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
@@ -197,11 +303,13 @@ impl Publishes {
         self.flight.is_some()
     }
 
-    /// Queues `p`, or refuses it at once when the connection publishes too fast.
+    /// Queues `p`, or refuses it at once when the connection publishes too fast (publishes
+    /// and RPCs share the rate).
     pub(crate) fn push(
         &mut self,
         edge: &Arc<EdgeInner>,
         who: Option<&Principal>,
+        ctx: Option<&ClientContext>,
         p: Pending,
     ) -> Result<(), EdgeError> {
         let rate = edge.config.client_publish_rate;
@@ -210,7 +318,12 @@ impl Publishes {
             burst: rate.saturating_mul(2),
         };
         if rate == 0 {
-            return Err(herald_auth::Denied::PublishDisabled(p.channel.to_string()).into());
+            return Err(match &p.what {
+                Request::Publish { channel, .. } => {
+                    herald_auth::Denied::PublishDisabled(channel.to_string()).into()
+                }
+                Request::Rpc { .. } => EdgeError::RpcDisabled,
+            });
         }
         if self.queue.len() >= MAX_QUEUED {
             return Err(limited);
@@ -229,25 +342,44 @@ impl Publishes {
         }
         self.queue.push_back(p);
         if self.flight.is_none() {
-            self.start(edge, who);
+            self.start(edge, who, ctx);
         }
         Ok(())
     }
 
-    fn start(&mut self, edge: &Arc<EdgeInner>, who: Option<&Principal>) {
+    fn start(
+        &mut self,
+        edge: &Arc<EdgeInner>,
+        who: Option<&Principal>,
+        ctx: Option<&ClientContext>,
+    ) {
         if let Some(p) = self.queue.pop_front() {
             let edge = edge.clone();
             let who = who.cloned();
+            let ctx = ctx.cloned();
             self.flight = Some(Box::pin(async move {
-                let result = publish(
-                    &edge,
-                    who.as_ref(),
-                    &p.channel,
-                    p.data,
-                    Transport::WebSocket,
-                )
-                .await;
-                (p.id, Some(p.channel), result)
+                match p.what {
+                    Request::Publish { channel, data } => {
+                        let result = publish(
+                            &edge,
+                            who.as_ref(),
+                            ctx.as_ref(),
+                            &channel,
+                            data,
+                            Transport::WebSocket,
+                        )
+                        .await;
+                        (
+                            p.id,
+                            Asked::Publish(Some(channel)),
+                            result.map(Done::Stored),
+                        )
+                    }
+                    Request::Rpc { method, data } => {
+                        let result = rpc(&edge, who.as_ref(), ctx.as_ref(), &method, data).await;
+                        (p.id, Asked::Rpc, result.map(Done::Rpc))
+                    }
+                }
             }));
         }
     }
@@ -259,30 +391,46 @@ impl Publishes {
         cx: &mut Context<'_>,
         edge: &Arc<EdgeInner>,
         who: Option<&Principal>,
+        ctx: Option<&ClientContext>,
     ) -> Poll<Answer> {
         let Some(flight) = self.flight.as_mut() else {
             return Poll::Pending;
         };
         let answer = std::task::ready!(flight.as_mut().poll(cx));
         self.flight = None;
-        self.start(edge, who);
+        self.start(edge, who, ctx);
         Poll::Ready(answer)
     }
 }
 
-/// The WebSocket frame answering a publish.
+/// The WebSocket frame answering a publish or an RPC.
 pub(crate) fn answer_frame(answer: Answer) -> serde_json::Value {
-    let (id, channel, result) = answer;
+    let (id, asked, result) = answer;
     let mut body = match result {
-        Ok(p) => serde_json::json!({"type": "published", "cursor": p.cursor.to_string()}),
+        Ok(Done::Stored(Stored::Message(p))) => {
+            serde_json::json!({"type": "published", "cursor": p.cursor.to_string()})
+        }
+        Ok(Done::Stored(Stored::ByApp)) => {
+            serde_json::json!({"type": "published", "cursor": null, "by": "app"})
+        }
+        Ok(Done::Rpc(result)) => {
+            // Valid JSON by construction.
+            let result = serde_json::from_str::<serde_json::Value>(result.get())
+                .unwrap_or(serde_json::Value::Null);
+            serde_json::json!({"type": "rpc", "result": result})
+        }
         Err(e) => {
             let mut body = e.body();
             body["type"] = "error".into();
-            body["op"] = "publish".into();
+            body["op"] = match asked {
+                Asked::Publish(_) => "publish",
+                Asked::Rpc => "rpc",
+            }
+            .into();
             body
         }
     };
-    if let Some(channel) = channel {
+    if let Asked::Publish(Some(channel)) = asked {
         body["channel"] = channel.as_str().into();
     }
     if !id.is_null() {
@@ -315,43 +463,75 @@ struct HttpBody<'a> {
     data: Option<&'a RawValue>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RpcBody<'a> {
+    method: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// Which HTTP endpoint.
+#[derive(Clone, Copy)]
+enum Call {
+    Publish,
+    Rpc,
+}
+
 /// `POST /publish`: `{"channel":"..","data":<JSON>}` with the token as for `/sse`
 /// (`Authorization: Bearer`, else `?token=`). Answers `{"channel":"..","cursor":".."}`.
 pub(crate) async fn route(
     State(edge): State<Arc<EdgeInner>>,
     request: axum::extract::Request,
 ) -> Response {
+    http_route(edge, request, Call::Publish).await
+}
+
+/// `POST /rpc`: `{"method":"..","data":<JSON>}`, answered `{"result":<JSON>}` (docs/hooks.md).
+pub(crate) async fn rpc_route(
+    State(edge): State<Arc<EdgeInner>>,
+    request: axum::extract::Request,
+) -> Response {
+    http_route(edge, request, Call::Rpc).await
+}
+
+async fn http_route(edge: Arc<EdgeInner>, request: axum::extract::Request, call: Call) -> Response {
     let ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
     let (parts, body) = request.into_parts();
-    http_publish(&edge, parts.uri.query(), &parts.headers, ip, body)
-        .await
-        .unwrap_or_else(|e| e.into_response())
+    let result = http_call(&edge, parts.uri.query(), &parts.headers, ip, body, call).await;
+    result.unwrap_or_else(|e| {
+        edge.metrics.refuse(e.refusal());
+        if let Call::Publish = call {
+            edge.metrics
+                .client_publishes
+                .with_label_values(&[Transport::Http.as_str(), e.code()])
+                .inc();
+        }
+        e.into_response()
+    })
 }
 
-async fn http_publish(
+/// Errors before the call is carried out are counted by the caller; those of the publish
+/// or RPC itself by [`publish`] and [`rpc`] (so they are returned as `Ok` responses here).
+async fn http_call(
     edge: &Arc<EdgeInner>,
     query: Option<&str>,
     headers: &HeaderMap,
     ip: Option<IpAddr>,
     body: Body,
+    call: Call,
 ) -> Result<Response, EdgeError> {
-    let refused = |edge: &EdgeInner, e: EdgeError| {
-        edge.metrics.refuse(e.refusal());
-        edge.metrics
-            .client_publishes
-            .with_label_values(&[Transport::Http.as_str(), e.code()])
-            .inc();
-        e
+    let token = crate::auth::request_token(headers, query)?;
+    let who = edge.config.policy.authenticate(token.as_deref())?;
+    crate::auth::check_revoked(edge, who.as_ref())?;
+    let ctx = |hooks: &dyn herald_core::hooks::HookCaller, who: Option<&Principal>| {
+        crate::hooks::context(hooks, "", "http", ip, who, Some(headers))
     };
-    let token = crate::auth::request_token(headers, query).map_err(|e| refused(edge, e))?;
-    let who = edge
-        .config
-        .policy
-        .authenticate(token.as_deref())
-        .map_err(|e| refused(edge, e.into()))?;
+    let who = crate::hooks::connect(edge, who, token.as_deref(), &[], ctx).await?;
+    let ctx = edge.config.hooks.as_deref().map(|h| ctx(h, who.as_ref()));
     let rate = edge.config.client_publish_rate;
     let publisher = match (&who, ip) {
         (Some(p), _) => Some(Publisher::User(p.user.clone())),
@@ -361,49 +541,72 @@ async fn http_publish(
     if let (Some(limiter), Some(publisher)) = (&edge.publish_rates.0, publisher)
         && !limiter.admit(publisher)
     {
-        return Err(refused(
-            edge,
-            EdgeError::PublishRate {
-                rate,
-                burst: rate.saturating_mul(2),
-            },
-        ));
+        return Err(EdgeError::PublishRate {
+            rate,
+            burst: rate.saturating_mul(2),
+        });
     }
     // The envelope around `data` is small: a channel name and a few keys.
     let max = edge.config.client_publish_max_bytes;
     let limit = max + 1024;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        refused(
-            edge,
-            EdgeError::PublishTooLarge {
+    let bytes =
+        axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| EdgeError::PublishTooLarge {
                 size: limit + 1,
                 max,
-            },
-        )
-    })?;
-    let parsed: HttpBody<'_> = serde_json::from_slice(&bytes).map_err(|e| {
-        refused(
-            edge,
-            EdgeError::BadCommand(format!(
-                "body must be {{\"channel\":\"..\",\"data\":<JSON>}}: {e}"
-            )),
-        )
-    })?;
-    let channel = ChannelName::new(&parsed.channel).map_err(|e| refused(edge, e.into()))?;
-    let Some(data) = parsed.data else {
-        return Err(refused(
-            edge,
-            EdgeError::InvalidData("\"data\" is required (any JSON value)".into()),
-        ));
+            })?;
+    let shape = |e: serde_json::Error, what: &str| {
+        EdgeError::BadCommand(format!("body must be {what}: {e}"))
     };
-    let data = Bytes::copy_from_slice(data.get().as_bytes());
-    let published = publish(edge, who.as_ref(), &channel, data, Transport::Http).await?;
-    Ok(Json(serde_json::json!({
-        "channel": channel.as_str(),
-        "cursor": published.cursor.to_string(),
-        "duplicate": published.duplicate,
-    }))
-    .into_response())
+    let missing = || EdgeError::InvalidData("\"data\" is required (any JSON value)".into());
+    match call {
+        Call::Publish => {
+            let parsed: HttpBody<'_> = serde_json::from_slice(&bytes)
+                .map_err(|e| shape(e, "{\"channel\":\"..\",\"data\":<JSON>}"))?;
+            let channel = ChannelName::new(&parsed.channel)?;
+            let data = Bytes::copy_from_slice(parsed.data.ok_or_else(missing)?.get().as_bytes());
+            let answer = match publish(
+                edge,
+                who.as_ref(),
+                ctx.as_ref(),
+                &channel,
+                data,
+                Transport::Http,
+            )
+            .await
+            {
+                Ok(Stored::Message(p)) => serde_json::json!({
+                    "channel": channel.as_str(),
+                    "cursor": p.cursor.to_string(),
+                    "duplicate": p.duplicate,
+                }),
+                Ok(Stored::ByApp) => serde_json::json!({
+                    "channel": channel.as_str(), "cursor": null, "by": "app",
+                }),
+                // Counted by `publish`.
+                Err(e) => return Ok(e.into_response()),
+            };
+            Ok(Json(answer).into_response())
+        }
+        Call::Rpc => {
+            let parsed: RpcBody<'_> = serde_json::from_slice(&bytes)
+                .map_err(|e| shape(e, "{\"method\":\"..\",\"data\":<JSON>}"))?;
+            let method = method_name(parsed.method)?;
+            let data = parsed
+                .data
+                .map(|d| d.to_owned())
+                .unwrap_or_else(|| RawValue::from_string("null".into()).unwrap_or_default());
+            match rpc(edge, who.as_ref(), ctx.as_ref(), &method, data).await {
+                Ok(result) => {
+                    let result: serde_json::Value =
+                        serde_json::from_str(result.get()).unwrap_or(serde_json::Value::Null);
+                    Ok(Json(serde_json::json!({"result": result})).into_response())
+                }
+                Err(e) => Ok(e.into_response()),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -79,7 +79,20 @@ impl Registry {
         kill: CancellationToken,
         who: Option<&Principal>,
     ) -> Result<Registration, EdgeError> {
-        let client = Client::new(who);
+        self.register_as(protocol, outbox_bytes, kill, who, None)
+    }
+
+    /// [`Registry::register`] with the client id chosen beforehand (the connect hook told the
+    /// backend about it), or a fresh one.
+    pub(crate) fn register_as(
+        self: &Arc<Self>,
+        protocol: Protocol,
+        outbox_bytes: usize,
+        kill: CancellationToken,
+        who: Option<&Principal>,
+        id: Option<Box<str>>,
+    ) -> Result<Registration, EdgeError> {
+        let client = Client::new(who, id);
         if self.max_per_user > 0 && !client.user.is_empty() {
             let mut per_user = self.per_user.lock();
             let n = per_user.entry(client.user.clone()).or_insert(0);

@@ -99,6 +99,7 @@ pub(crate) async fn handle(
     raw_query: Option<String>,
     headers: HeaderMap,
     kill: tokio_util::sync::CancellationToken,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<Response, EdgeError> {
     if edge.is_draining() {
         return Err(EdgeError::Draining);
@@ -111,16 +112,36 @@ pub(crate) async fn handle(
         return Err(EdgeError::NoChannels);
     }
     let who = crate::auth::authenticate(&edge, &headers, &query)?;
-    crate::auth::authorize(&edge, who.as_ref(), &query.channels)?;
+    let id = edge.config.hooks.is_some().then(crate::identity::client_id);
+    let ctx = |hooks: &dyn herald_core::hooks::HookCaller, who: Option<&herald_auth::Principal>| {
+        crate::hooks::context(
+            hooks,
+            id.as_deref().unwrap_or(""),
+            "sse",
+            ip,
+            who,
+            Some(&headers),
+        )
+    };
+    let token = crate::auth::token(&headers, &query).ok().flatten();
+    let who = crate::hooks::connect(&edge, who, token, &query.channels, ctx).await?;
+    crate::hooks::authorize(&edge, who.as_ref(), &query.channels, |h| {
+        ctx(h, who.as_ref())
+    })
+    .await?;
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().unwrap_or("\u{fffd}").trim();
         if !text.is_empty() {
             query.since = Since::parse(text, &query.channels)?;
         }
     }
-    let reg =
-        edge.registry
-            .register(Protocol::Sse, edge.config.outbox_bytes, kill, who.as_ref())?;
+    let reg = edge.registry.register_as(
+        Protocol::Sse,
+        edge.config.outbox_bytes,
+        kill,
+        who.as_ref(),
+        id,
+    )?;
     let mut session = Session::new(edge.clone(), reg);
     let catchup = session.subscribe(&query.channels, &query.since).await?;
 

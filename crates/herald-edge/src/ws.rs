@@ -48,6 +48,7 @@ struct RawCommand {
     channel: Option<String>,
     data: Option<Box<serde_json::value::RawValue>>,
     id: Option<serde_json::Value>,
+    method: Option<String>,
 }
 
 enum Command {
@@ -56,8 +57,8 @@ enum Command {
     Ping,
     Auth(String),
     Publish(crate::publish::Pending),
-    /// A publish that cannot be carried out, answered with its request id.
-    PublishRefused(serde_json::Value, EdgeError),
+    /// A publish or RPC that cannot be carried out, answered with its request id.
+    Refused(serde_json::Value, crate::publish::Asked, EdgeError),
 }
 
 fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> {
@@ -110,18 +111,36 @@ fn parse_command(text: &str, max_channels: usize) -> Result<Command, EdgeError> 
             Ok(match checked {
                 Ok((channel, data)) => Command::Publish(crate::publish::Pending {
                     id,
-                    channel,
-                    data: bytes::Bytes::from(String::from(Box::<str>::from(data))),
+                    what: crate::publish::Request::Publish {
+                        channel,
+                        data: bytes::Bytes::from(String::from(Box::<str>::from(data))),
+                    },
                 }),
-                Err(e) => Command::PublishRefused(id, e),
+                Err(e) => Command::Refused(id, crate::publish::Asked::Publish(None), e),
+            })
+        }
+        Some("rpc") => {
+            let id = crate::publish::request_id(raw.id.take())?;
+            Ok(match crate::publish::method_name(raw.method.take()) {
+                Ok(method) => Command::Publish(crate::publish::Pending {
+                    id,
+                    what: crate::publish::Request::Rpc {
+                        method,
+                        data: raw.data.take().unwrap_or_else(|| {
+                            serde_json::value::RawValue::from_string("null".into())
+                                .unwrap_or_default()
+                        }),
+                    },
+                }),
+                Err(e) => Command::Refused(id, crate::publish::Asked::Rpc, e),
             })
         }
         Some(other) => Err(bad(format!(
-            "unknown op {:?}: expected subscribe, unsubscribe, ping, auth or publish",
+            "unknown op {:?}: expected subscribe, unsubscribe, ping, auth, publish or rpc",
             other.chars().take(32).collect::<String>()
         ))),
         None => Err(bad(
-            "missing \"op\": expected subscribe, unsubscribe, ping, auth or publish".into(),
+            "missing \"op\": expected subscribe, unsubscribe, ping, auth, publish or rpc".into(),
         )),
     }
 }
@@ -171,11 +190,17 @@ pub(crate) fn fuzz_command(text: &str, max: usize) {
             }
         }
         Ok(Command::Auth(token)) => assert!(!token.is_empty()),
-        Ok(Command::Publish(p)) => {
-            assert!(ChannelName::validate(p.channel.as_str()).is_ok());
-            assert!(serde_json::from_slice::<serde_json::Value>(&p.data).is_ok());
-        }
-        Ok(Command::Ping | Command::PublishRefused(..)) | Err(_) => {}
+        Ok(Command::Publish(p)) => match p.what {
+            crate::publish::Request::Publish { channel, data } => {
+                assert!(ChannelName::validate(channel.as_str()).is_ok());
+                assert!(serde_json::from_slice::<serde_json::Value>(&data).is_ok());
+            }
+            crate::publish::Request::Rpc { method, data } => {
+                assert!(!method.is_empty() && method.len() <= crate::hooks::MAX_METHOD_LEN);
+                assert!(serde_json::from_str::<serde_json::Value>(data.get()).is_ok());
+            }
+        },
+        Ok(Command::Ping | Command::Refused(..)) | Err(_) => {}
     }
 }
 
@@ -226,6 +251,8 @@ impl Bucket {
 struct Auth {
     who: Option<Principal>,
     deadline: Option<Instant>,
+    /// What backend hooks are told about this client (only on a node with hooks).
+    hook_ctx: Option<Box<herald_core::hooks::ClientContext>>,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -235,11 +262,13 @@ pub(crate) async fn run(
     reg: Registration,
     initial: ClientQuery,
     who: Option<Principal>,
+    hook_ctx: Option<Box<herald_core::hooks::ClientContext>>,
 ) {
     let mut session = Session::new(edge.clone(), reg);
     let mut auth = Auth {
         deadline: crate::auth::deadline(&edge, who.as_ref()),
         who,
+        hook_ctx,
     };
     let reason = serve(&edge, &mut socket, &mut session, initial, &mut auth).await;
     session.reg.reason = reason;
@@ -301,7 +330,7 @@ async fn serve(
                 }
                 Err(closed) => return end(socket, Ending::of(closed)).await,
             },
-            answer = std::future::poll_fn(|cx| publishes.poll_answer(cx, edge, auth.who.as_ref())),
+            answer = std::future::poll_fn(|cx| publishes.poll_answer(cx, edge, auth.who.as_ref(), auth.hook_ctx.as_deref())),
                 if publishes.busy() =>
             {
                 if socket.send(frame(crate::publish::answer_frame(answer))).await.is_err() {
@@ -379,28 +408,52 @@ async fn command(
 ) -> Result<(), axum::Error> {
     match parse_command(text, edge.config.max_channels_per_connection) {
         Ok(Command::Publish(p)) => {
-            let (id, channel) = (p.id.clone(), p.channel.clone());
-            match publishes.push(edge, auth.who.as_ref(), p) {
+            let id = p.id.clone();
+            let asked = match &p.what {
+                crate::publish::Request::Publish { channel, .. } => {
+                    crate::publish::Asked::Publish(Some(channel.clone()))
+                }
+                crate::publish::Request::Rpc { .. } => crate::publish::Asked::Rpc,
+            };
+            match publishes.push(edge, auth.who.as_ref(), auth.hook_ctx.as_deref(), p) {
                 Ok(()) => Ok(()),
                 Err(e) => {
-                    let body = crate::publish::answer_frame((id, Some(channel), Err(e)));
+                    let body = crate::publish::answer_frame((id, asked, Err(e)));
                     socket.send(frame(body)).await
                 }
             }
         }
-        Ok(Command::PublishRefused(id, e)) => {
+        Ok(Command::Refused(id, asked, e)) => {
             edge.metrics.refuse(e.refusal());
-            edge.metrics
-                .client_publishes
-                .with_label_values(&["websocket", e.code()])
-                .inc();
+            if let crate::publish::Asked::Publish(_) = asked {
+                edge.metrics
+                    .client_publishes
+                    .with_label_values(&["websocket", e.code()])
+                    .inc();
+            }
             socket
-                .send(frame(crate::publish::answer_frame((id, None, Err(e)))))
+                .send(frame(crate::publish::answer_frame((id, asked, Err(e)))))
                 .await
         }
         Ok(Command::Subscribe(channels, since)) => {
-            let allowed = crate::auth::check_revoked(edge, auth.who.as_ref())
-                .and_then(|()| crate::auth::authorize(edge, auth.who.as_ref(), &channels));
+            let allowed = match crate::auth::check_revoked(edge, auth.who.as_ref()) {
+                Ok(()) => {
+                    let ctx = auth.hook_ctx.as_deref();
+                    crate::hooks::authorize(edge, auth.who.as_ref(), &channels, |_| {
+                        ctx.cloned()
+                            .unwrap_or_else(|| herald_core::hooks::ClientContext {
+                                client: String::new(),
+                                remote_addr: None,
+                                protocol: "websocket",
+                                user: None,
+                                headers: Vec::new(),
+                                traceparent: None,
+                            })
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = allowed {
                 edge.metrics.refuse(e.refusal());
                 let mut body = e.body();
@@ -588,6 +641,7 @@ pub(crate) fn upgrade(
     reg: Registration,
     initial: ClientQuery,
     who: Option<Principal>,
+    hook_ctx: Option<Box<herald_core::hooks::ClientContext>>,
 ) -> axum::response::Response {
     let c = &edge.config;
     upgrade
@@ -596,7 +650,7 @@ pub(crate) fn upgrade(
         .max_write_buffer_size(c.outbox_bytes.max(c.ws_write_buffer * 2))
         .max_message_size(c.max_client_frame)
         .max_frame_size(c.max_client_frame)
-        .on_upgrade(move |socket| run(edge, socket, reg, initial, who))
+        .on_upgrade(move |socket| run(edge, socket, reg, initial, who, hook_ctx))
 }
 
 #[cfg(test)]

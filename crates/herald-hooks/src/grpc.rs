@@ -15,11 +15,11 @@ use tonic::{
 };
 
 use crate::{
-    call::{
+    config::{HookConfig, HookConfigError, MAX_ANSWER_BYTES},
+    {
         ClientContext, ConnectAnswer, ConnectCall, Decision, HookError, PublishAnswer, PublishCall,
         Refusal, RpcAnswer, RpcCall, SubscribeCall,
     },
-    config::{HookConfig, HookConfigError, MAX_ANSWER_BYTES},
 };
 
 /// The shared channel (HTTP/2, multiplexed; tonic reconnects it by itself).

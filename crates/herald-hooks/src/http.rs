@@ -10,11 +10,11 @@ use serde_json::value::RawValue;
 
 use crate::{
     Hook,
-    call::{
+    config::{HookConfig, HookConfigError, MAX_ANSWER_BYTES},
+    {
         ClientContext, ConnectAnswer, ConnectCall, Decision, HookError, PublishAnswer, PublishCall,
         Refusal, RpcAnswer, RpcCall, SubscribeCall,
     },
-    config::{HookConfig, HookConfigError, MAX_ANSWER_BYTES},
 };
 
 /// One keep-alive client per [`crate::Hooks`], and the base URL without a trailing slash.

@@ -31,7 +31,6 @@
 //! at configuration, see [`HookConfigError::TlsUnsupported`]) or one lazily connected,
 //! multiplexed tonic channel, per [`Hooks`].
 
-mod call;
 mod config;
 mod grpc;
 mod http;
@@ -43,13 +42,13 @@ use std::{fmt, sync::Arc, time::Instant};
 use herald_telemetry::HookMetrics;
 use tokio::sync::Semaphore;
 
-pub use call::{
-    ClientContext, ConnectAnswer, ConnectCall, Decision, HookError, PublishAnswer, PublishCall,
-    Refusal, RpcAnswer, RpcCall, SubscribeCall,
-};
 pub use config::{
     DEFAULT_FORWARD_HEADERS, DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, HookConfig, HookConfigError,
     HookTarget, MAX_ANSWER_BYTES,
+};
+pub use herald_core::hooks::{
+    ClientContext, ConnectAnswer, ConnectCall, Decision, HookCaller, HookError, PublishAnswer,
+    PublishCall, Refusal, RpcAnswer, RpcCall, SubscribeCall,
 };
 
 /// Which hook a call is (its HTTP path segment and `hook` metric label).
@@ -279,5 +278,29 @@ impl Hooks {
             tracing::debug!(hook = hook.as_str(), error = %e, "backend hook failed");
         }
         result
+    }
+}
+
+/// What the edge calls (`herald_core::hooks::HookCaller`): the methods above.
+#[async_trait::async_trait]
+impl HookCaller for Hooks {
+    fn forwards(&self, name: &str) -> bool {
+        self.inner.config.forwards(name)
+    }
+
+    async fn connect(&self, req: ConnectCall) -> Result<ConnectAnswer, HookError> {
+        Hooks::connect(self, req).await
+    }
+
+    async fn subscribe(&self, req: SubscribeCall) -> Result<Decision, HookError> {
+        Hooks::subscribe(self, req).await
+    }
+
+    async fn publish(&self, req: PublishCall) -> Result<PublishAnswer, HookError> {
+        Hooks::publish(self, req).await
+    }
+
+    async fn rpc(&self, req: RpcCall) -> Result<RpcAnswer, HookError> {
+        Hooks::rpc(self, req).await
     }
 }

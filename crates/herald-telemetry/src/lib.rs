@@ -65,7 +65,7 @@ impl CloseReason {
 
 /// Requests refused by a limit or validation (the `reason` label of
 /// `herald_requests_refused_total`).
-pub const REFUSAL_REASONS: [&str; 13] = [
+pub const REFUSAL_REASONS: [&str; 14] = [
     "invalid_request",
     "header_timeout",
     "request_head_too_large",
@@ -75,6 +75,7 @@ pub const REFUSAL_REASONS: [&str; 13] = [
     "rate_limited",
     "too_many_connections",
     "too_many_connections_for_user",
+    "hook_failed",
     "too_many_channels",
     "message_too_large",
     "broker_unavailable",

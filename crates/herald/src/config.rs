@@ -85,6 +85,10 @@ pub(crate) struct NamespaceSettings {
     /// Clients may publish to its channels: a token's `publish` claim must grant the channel
     /// (on a node that verifies tokens), or the publish hook decides [default: false].
     pub(crate) publish: Option<bool>,
+    /// The subscribe hook decides who may subscribe (docs/hooks.md) [default: false].
+    pub(crate) subscribe_hook: Option<bool>,
+    /// The publish hook decides client publishes, and may change them [default: false].
+    pub(crate) publish_hook: Option<bool>,
 }
 
 /// Every setting of `herald serve`, each optional so flags, env and file can be layered.
@@ -291,6 +295,29 @@ pub(crate) struct Settings {
     /// [default: x-forwarded-for].
     #[arg(long, env = "HERALD_FORWARDED_HEADER")]
     pub(crate) forwarded_header: Option<String>,
+    /// The application's backend for hooks (docs/hooks.md): http://host:port/base (HTTP/JSON)
+    /// or grpc://host:port (herald.proxy.v1) [default: none].
+    #[arg(long, env = "HERALD_HOOKS_TARGET")]
+    pub(crate) hooks_target: Option<String>,
+    /// Longest wait for one hook answer, e.g. 500ms [default: 1s].
+    #[arg(long, env = "HERALD_HOOKS_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) hooks_timeout: Option<Duration>,
+    /// Hook calls in flight per node; one more is refused at once (hook_overloaded)
+    /// [default: 256].
+    #[arg(long, env = "HERALD_HOOKS_MAX_CONCURRENT")]
+    pub(crate) hooks_max_concurrent: Option<usize>,
+    /// Client request headers passed to hooks, comma-separated
+    /// [default: authorization,cookie,origin,user-agent].
+    #[arg(long, env = "HERALD_HOOKS_FORWARD_HEADERS")]
+    pub(crate) hooks_forward_headers: Option<String>,
+    /// Ask the connect hook before accepting each WebSocket, SSE stream, poll and HTTP
+    /// publish/RPC request [default: false].
+    #[arg(long, env = "HERALD_CONNECT_HOOK")]
+    pub(crate) connect_hook: Option<bool>,
+    /// Pass client RPCs (WebSocket `rpc`, `POST /rpc`) to the RPC hook [default: false].
+    #[arg(long, env = "HERALD_RPC_HOOK")]
+    pub(crate) rpc_hook: Option<bool>,
     /// File descriptors kept out of the client connection budget for the admin port, gRPC,
     /// NATS and files [default: 5% of the descriptor limit, 64 to 2048].
     #[arg(long, env = "HERALD_FD_RESERVE")]
@@ -328,7 +355,8 @@ impl Settings {
             api_keys_file, grpc_tls_cert, grpc_tls_key, heartbeat_interval, auth_hmac_secret,
             auth_jwks_file, auth_issuer, auth_audience, auth_leeway, anonymous, namespaces,
             ws_origins, connection_rate_per_ip, header_read_timeout, poll_client_window, api_insecure,
-            trusted_proxies, forwarded_header, fd_reserve);
+            trusted_proxies, forwarded_header, fd_reserve, hooks_target, hooks_timeout,
+            hooks_max_concurrent, hooks_forward_headers, connect_hook, rpc_hook);
         Ok(self)
     }
 }
@@ -358,6 +386,8 @@ pub(crate) struct Config {
     pub(crate) api_loopback_only: bool,
     /// `HERALD_FD_RESERVE`, if set.
     pub(crate) fd_reserve: Option<u64>,
+    /// Where and how backend hooks are called (`HERALD_HOOKS_*`), if configured.
+    pub(crate) hooks: Option<herald_hooks::HookConfig>,
     pub(crate) log: String,
     pub(crate) log_format: LogFormat,
 }
@@ -435,11 +465,40 @@ fn policy(s: &Settings, history: &HistoryLimits) -> anyhow::Result<herald_auth::
             presence: ns.presence.unwrap_or(false),
             join_leave: ns.join_leave.unwrap_or(false),
             publish: ns.publish.unwrap_or(false),
-            ..Default::default()
+            subscribe_hook: ns.subscribe_hook.unwrap_or(false),
+            publish_hook: ns.publish_hook.unwrap_or(false),
         };
+        if rule.publish_hook && !rule.publish {
+            bail!("namespace {name:?}: publish_hook needs publish = true");
+        }
         namespaces.insert(name, rule);
     }
     herald_auth::Policy::new(verifier, default, namespaces).map_err(anyhow::Error::from)
+}
+
+/// `HERALD_HOOKS_*` as a hook configuration, `None` without a target.
+fn hook_config(s: &Settings) -> anyhow::Result<Option<herald_hooks::HookConfig>> {
+    let Some(target) = s.hooks_target.as_deref().filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let target = herald_hooks::HookTarget::parse(target.trim())
+        .map_err(|e| anyhow::anyhow!("HERALD_HOOKS_TARGET: {e}"))?;
+    let mut c = herald_hooks::HookConfig::new(target);
+    if let Some(t) = s.hooks_timeout {
+        c.timeout = t;
+    }
+    if let Some(n) = s.hooks_max_concurrent {
+        c.max_concurrent = n;
+    }
+    if let Some(list) = &s.hooks_forward_headers {
+        c.forward_headers = split_list(list)
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+    }
+    c.validate()
+        .map_err(|e| anyhow::anyhow!("HERALD_HOOKS_*: {e}"))?;
+    Ok(Some(c))
 }
 
 fn parse_addr(s: &str) -> SocketAddr {
@@ -689,6 +748,15 @@ impl Config {
         if s.fd_reserve == Some(0) {
             bail!("HERALD_FD_RESERVE must be at least 1");
         }
+        let hooks = hook_config(&s)?;
+        edge.connect_hook = s.connect_hook.unwrap_or(false);
+        edge.rpc_hook = s.rpc_hook.unwrap_or(false);
+        let hooked_namespaces = edge.policy.uses_hooks();
+        if hooks.is_none() && (edge.connect_hook || edge.rpc_hook || hooked_namespaces) {
+            bail!(
+                "HERALD_CONNECT_HOOK, HERALD_RPC_HOOK, subscribe_hook and publish_hook need HERALD_HOOKS_TARGET (the application's backend: http://host:port/base or grpc://host:port)"
+            );
+        }
         // Secure by default: without API keys, the control plane (publish, drain) is only
         // reachable from this machine unless the operator says otherwise.
         // The HTTP/JSON API runs the same methods with the same keys: same rule.
@@ -755,6 +823,7 @@ impl Config {
             grpc_loopback_only,
             api_loopback_only,
             fd_reserve: s.fd_reserve,
+            hooks,
             log: s.log.unwrap_or_else(|| "info".to_owned()),
             log_format: s.log_format.unwrap_or(LogFormat::Text),
         })

@@ -124,7 +124,21 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => Arc::new(MemoryBroker::new(config.memory_broker())),
         Some(p) => p.clone(),
     };
-    let edge = Edge::new(config.edge.clone(), broker.clone(), metrics.clone());
+    let mut edge_config = config.edge.clone();
+    if let Some(hooks) = &config.hooks {
+        let hooks = herald_hooks::Hooks::new(hooks.clone(), Some(metrics.hooks.clone()))
+            .map_err(|e| anyhow::anyhow!("HERALD_HOOKS_TARGET: {e}"))?;
+        tracing::info!(
+            target = %hooks.config().target,
+            timeout = ?hooks.config().timeout,
+            max_concurrent = hooks.config().max_concurrent,
+            connect = config.edge.connect_hook,
+            rpc = config.edge.rpc_hook,
+            "backend hooks on (docs/hooks.md)"
+        );
+        edge_config.hooks = Some(Arc::new(hooks));
+    }
+    let edge = Edge::new(edge_config, broker.clone(), metrics.clone());
     let node = Arc::new(Node {
         id: config.node_id.clone(),
         started: std::time::Instant::now(),

@@ -1,6 +1,7 @@
-//! What Herald asks ([`ConnectCall`], ...), what the backend may answer ([`ConnectAnswer`],
-//! ...), and why there may be no answer ([`HookError`]). Transport-free: `http` and `grpc`
-//! translate these to their wire forms.
+//! Backend hooks, transport-free: what Herald asks the application's backend
+//! ([`ConnectCall`], ...), what it may answer ([`ConnectAnswer`], ...), why there may be no
+//! answer ([`HookError`]), and [`HookCaller`], which the edge calls and `herald-hooks`
+//! implements over HTTP/JSON and gRPC (docs/hooks.md).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -18,7 +19,7 @@ pub struct ClientContext {
     /// The user the client is authenticated as (from its token), `None` when anonymous.
     pub user: Option<String>,
     /// Client request headers, already filtered by the caller with
-    /// [`crate::HookConfig::forwards`] (filtered again before sending). Names in any case;
+    /// [`HookCaller::forwards`] (filtered again before sending). Names in any case;
     /// sent lower-case, repeated names joined with `", "` (`cookie`: `"; "`).
     pub headers: Vec<(String, String)>,
     /// W3C `traceparent` of the client's request span, sent as the `traceparent` HTTP header
@@ -28,7 +29,7 @@ pub struct ClientContext {
 
 impl ClientContext {
     /// The headers as sent: allowed names only, lower-case, repeats joined.
-    pub(crate) fn wire_headers(&self, allowed: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    pub fn wire_headers(&self, allowed: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
         let mut out: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in &self.headers {
             if !allowed(name) {
@@ -208,7 +209,7 @@ impl HookError {
     }
 
     /// The `outcome` label of `herald_hook_calls_total`.
-    pub(crate) fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> &'static str {
         match self {
             Self::Timeout => "error_timeout",
             Self::Unavailable(_) => "error_unavailable",
@@ -216,6 +217,22 @@ impl HookError {
             Self::BadAnswer(_) => "error_bad_answer",
         }
     }
+}
+
+/// Calls the application's backend hooks; implemented by `herald_hooks::Hooks`. Every call
+/// is bounded in time and in calls in flight: an error is a refusal, never a hang.
+#[async_trait::async_trait]
+pub trait HookCaller: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether client header `name` is forwarded to the backend.
+    fn forwards(&self, name: &str) -> bool;
+    /// Asks whether a client may connect, and as whom.
+    async fn connect(&self, req: ConnectCall) -> Result<ConnectAnswer, HookError>;
+    /// Asks whether a client may subscribe to a channel.
+    async fn subscribe(&self, req: SubscribeCall) -> Result<Decision, HookError>;
+    /// Asks whether a client may publish, and what.
+    async fn publish(&self, req: PublishCall) -> Result<PublishAnswer, HookError>;
+    /// Passes a client's RPC to the backend.
+    async fn rpc(&self, req: RpcCall) -> Result<RpcAnswer, HookError>;
 }
 
 #[cfg(test)]
