@@ -30,3 +30,5 @@ echo "==> exact resume under random connection breaks, and the position-token co
 NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/resume.test.cjs"
 echo "==> presence: client ids, join/leave, server endings and server-side channel changes (two nodes on NATS)"
 NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/presence.test.cjs"
+echo "==> admin console: login, live cluster stats, channel tail and publish, drain (two nodes on NATS)"
+NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/console.test.cjs"

@@ -16,6 +16,9 @@
 
   // h("tag.class", {attr: v, onclick: f}, child...): builds elements; strings become text.
   function h(spec, attrs, ...children) {
+    // A second argument that is not a plain object is the first child.
+    if (attrs !== null && attrs !== undefined && (typeof attrs !== "object" || Array.isArray(attrs) || attrs.nodeType))
+      (children.unshift(attrs), (attrs = {}));
     const [tag, ...classes] = spec.split(".");
     const el = document.createElement(tag);
     if (classes.length) el.className = classes.join(" ");
@@ -25,7 +28,7 @@
       else if (k === "text") el.textContent = v;
       else el.setAttribute(k, v === true ? "" : v);
     }
-    for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c.nodeType ? c : String(c));
+    for (const c of children.flat(Infinity)) if (c !== null && c !== undefined && c !== false) el.append(c.nodeType ? c : String(c));
     return el;
   }
   const svgNS = "http://www.w3.org/2000/svg";
