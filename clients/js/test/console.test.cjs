@@ -190,7 +190,7 @@ H.main(170000, async () => {
     await page.waitForSelector("#channels");
     await page.keyboard.press("1");
     await page.waitForSelector("#nodes");
-    await sleep(2500); // a few sparkline points
+    await sleep(SHOTS ? 12000 : 1000); // sparkline points for the screenshot
     await shot(page, "cluster");
     await page.setViewportSize(PHONE);
     await sleep(300);

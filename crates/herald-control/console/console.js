@@ -39,7 +39,11 @@
     svg.setAttribute("preserveAspectRatio", "none");
     svg.setAttribute("aria-hidden", "true");
     const max = Math.max(1, ...values);
-    const pts = values.map((v, i) => `${POINTS - values.length + i},${(34 - (v / max) * 32).toFixed(1)}`).join(" ");
+    // The newest point at the right edge; until the buffer fills, a window of at least 30
+    // points spans the width.
+    const step = POINTS / (Math.max(values.length, 30) - 1);
+    const x0 = POINTS - (values.length - 1) * step;
+    const pts = values.map((v, i) => `${(x0 + i * step).toFixed(1)},${(34 - (v / max) * 32).toFixed(1)}`).join(" ");
     const line = document.createElementNS(svgNS, "polyline");
     line.setAttribute("points", pts);
     line.setAttribute("stroke", color);
@@ -329,7 +333,11 @@
     const url = `${location.protocol}//${location.hostname}:${state.session.client_port}/sse?${new URLSearchParams({ channel })}`;
     const es = new EventSource(url);
     state.tail = es;
-    es.addEventListener("subscribed", () => ((tailState.className = "badge ok"), (tailState.textContent = "live")));
+    es.addEventListener("subscribed", () => {
+      tailState.className = "badge ok";
+      tailState.textContent = "live";
+      loadPresence(); // now with the tail itself
+    });
     es.addEventListener("message", (ev) => {
       try {
         const m = JSON.parse(ev.data);
@@ -352,7 +360,9 @@
     const checkJson = () => {
       try {
         JSON.parse(data.value);
-        hint.textContent = `valid JSON, ${new Blob([data.value]).size} bytes (limit ${state.session.max_message_bytes})`;
+        const size = new Blob([data.value]).size;
+        const max = state.session.max_message_bytes;
+        hint.textContent = `valid JSON, ${size} bytes${size > max ? `: over the ${max}-byte limit` : ` (limit ${max})`}`;
       } catch (e) {
         hint.textContent = `not valid JSON yet: ${e.message}`;
       }
