@@ -62,7 +62,11 @@ async fn login(c: &Client, node: &Node, key: &str) -> (StatusCode, Option<String
         .get("set-cookie")
         .map(|v| v.to_str().unwrap().to_owned());
     let body = r.bytes().await.unwrap();
-    (status, cookie, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    (
+        status,
+        cookie,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

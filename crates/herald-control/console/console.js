@@ -253,7 +253,8 @@
         h("thead", h("tr", ["node", "state", "version", "uptime", "ws", "sse", "long-poll", "poll", "trend", "subs", "channels", "broker", ""].map((t, i) =>
           h(`th${i >= 3 && i <= 7 || i === 9 || i === 10 ? ".num" : ""}${[2, 3, 8, 9, 10].includes(i) ? ".hide-narrow" : ""}`, { text: t })))),
         h("tbody", rows))),
-        h("p.error", { id: "drain-result", role: "alert" }), h("p.okmsg", { id: "drain-ok" })),
+        // The last drain's answer, kept across re-renders (one per stats event).
+        h("p.error", { id: "drain-result", role: "alert", text: state.drainError || "" }), h("p.okmsg", { id: "drain-ok", text: state.drainOk || "" })),
     );
     if (focused) {
       const b = view.querySelector(`[data-drain="${CSS.escape(focused)}"]`);
@@ -265,8 +266,9 @@
     const ok = await confirmAction(`Drain node ${n.node_id}? Its ${total} connection(s) are told to reconnect to other nodes; the node refuses new held connections and reports not ready until it is restarted.`, `Drain ${n.node_id}`);
     if (!ok) return;
     const r = await call("drain", { node_id: n.node_id });
-    $("#drain-result").textContent = r.ok ? "" : `Drain refused: ${errText(r)}`;
-    $("#drain-ok").textContent = r.ok ? `Draining ${n.node_id}: ${r.body.connections} connection(s) being moved.` : "";
+    state.drainError = r.ok ? "" : `Drain refused: ${errText(r)}`;
+    state.drainOk = r.ok ? `Draining ${n.node_id}: ${r.body.connections} connection(s) being moved.` : "";
+    if (state.page === "cluster") renderCluster();
   }
 
   // ---- channels page ----

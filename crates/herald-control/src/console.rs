@@ -93,7 +93,11 @@ impl ConsoleMode {
 
     /// Logs what the mode means for this node (loudly when the console is open or disabled
     /// for want of a key); returns [`ConsoleMode::access`].
-    pub fn announce(self, keys: &crate::ApiKeys, admin: std::net::SocketAddr) -> Option<ConsoleAccess> {
+    pub fn announce(
+        self,
+        keys: &crate::ApiKeys,
+        admin: std::net::SocketAddr,
+    ) -> Option<ConsoleAccess> {
         let access = self.access(keys);
         match (self, access) {
             (Self::Off, _) => tracing::info!("admin console off (HERALD_CONSOLE=off)"),
@@ -150,13 +154,17 @@ impl Sessions {
 
     fn create(&self, key: String, key_id: String) -> Result<String, ()> {
         let mut id = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(|_| ())?;
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+            .map_err(|_| ())?;
         let id = hex(&id);
         let now = Instant::now();
         let mut map = self.lock();
         map.retain(|_, s| alive(s, now));
         if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| k.clone())
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.last)
+                .map(|(k, _)| k.clone())
         {
             map.remove(&oldest);
         }
@@ -191,7 +199,9 @@ impl Sessions {
 
     /// Whether the id still names a live session (not touched: the stats stream asks).
     fn is_live(&self, id: &str) -> bool {
-        self.lock().get(id).is_some_and(|s| alive(s, Instant::now()))
+        self.lock()
+            .get(id)
+            .is_some_and(|s| alive(s, Instant::now()))
     }
 
     fn remove(&self, id: &str) {
@@ -232,7 +242,10 @@ pub fn router(service: HeraldService, options: ConsoleOptions) -> Router {
     };
     Router::new()
         .route("/console", get(|| async { Redirect::to("/console/") }))
-        .route("/console/", get(|| asset("text/html; charset=utf-8", INDEX_HTML)))
+        .route(
+            "/console/",
+            get(|| asset("text/html; charset=utf-8", INDEX_HTML)),
+        )
         .route(
             "/console/console.js",
             get(|| asset("text/javascript; charset=utf-8", CONSOLE_JS)),
@@ -275,12 +288,23 @@ fn refuse(status: StatusCode, code: Code, message: &str) -> Response {
     http::error(status, code, message)
 }
 
+/// A request the guard refuses: its status, code and message (made a [`Response`] by
+/// [`Refused::response`]).
+#[derive(Debug, Clone, Copy)]
+struct Refused(StatusCode, Code, &'static str);
+
+impl Refused {
+    fn response(self) -> Response {
+        refuse(self.0, self.1, self.2)
+    }
+}
+
 /// Refuses requests from another site (`Origin` whose host is not `Host`, or
 /// `Sec-Fetch-Site` other than `same-origin` / `none`) and state changes without the CSRF
 /// header.
-fn csrf(method: &Method, headers: &HeaderMap) -> Result<(), Response> {
+fn csrf(method: &Method, headers: &HeaderMap) -> Result<(), Refused> {
     let cross = || {
-        refuse(
+        Refused(
             StatusCode::FORBIDDEN,
             Code::PermissionDenied,
             "cross-site request refused: the console answers only its own page",
@@ -293,10 +317,10 @@ fn csrf(method: &Method, headers: &HeaderMap) -> Result<(), Response> {
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin_host = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")));
+        let origin_host = origin.to_str().ok().and_then(|o| {
+            o.strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+        });
         if host.is_none() || origin_host != host {
             return Err(cross());
         }
@@ -305,7 +329,7 @@ fn csrf(method: &Method, headers: &HeaderMap) -> Result<(), Response> {
         && method != Method::HEAD
         && headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) != Some(b"1")
     {
-        return Err(refuse(
+        return Err(Refused(
             StatusCode::FORBIDDEN,
             Code::PermissionDenied,
             "missing header X-Herald-Console: 1 (every console request that changes something carries it)",
@@ -325,7 +349,7 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-fn authenticate(c: &Console, headers: &HeaderMap) -> Result<Caller, Response> {
+fn authenticate(c: &Console, headers: &HeaderMap) -> Result<Caller, Refused> {
     if c.options.access == ConsoleAccess::Open {
         return Ok(Caller {
             session: None,
@@ -334,7 +358,7 @@ fn authenticate(c: &Console, headers: &HeaderMap) -> Result<Caller, Response> {
         });
     }
     let unauthenticated = || {
-        refuse(
+        Refused(
             StatusCode::UNAUTHORIZED,
             Code::Unauthenticated,
             "not logged in: log in to the console with an API key",
@@ -375,7 +399,7 @@ async fn api(State(c): State<Console>, req: Request) -> Response {
     let (method, headers) = (req.method().clone(), req.headers().clone());
     if let Err(refused) = csrf(&method, &headers) {
         tracing::warn!(%method, path, "console: request refused (cross-site or no CSRF header)");
-        return refused;
+        return refused.response();
     }
     if name == "login" {
         return if method == Method::POST {
@@ -386,7 +410,7 @@ async fn api(State(c): State<Console>, req: Request) -> Response {
     }
     let caller = match authenticate(&c, &headers) {
         Ok(caller) => caller,
-        Err(refused) => return refused,
+        Err(refused) => return refused.response(),
     };
     match name.as_str() {
         "logout" if method == Method::POST => {
@@ -460,7 +484,11 @@ async fn login(c: &Console, req: Request) -> Response {
     }
     let id = key_id(&key);
     // The service's own check, through one of its methods: a key it refuses is refused here.
-    if let Err(status) = c.service.stats(http::grpc_request(StatsRequest {}, &h)).await {
+    if let Err(status) = c
+        .service
+        .stats(http::grpc_request(StatsRequest {}, &h))
+        .await
+    {
         tracing::warn!(key = %id, code = ?status.code(), "console login refused");
         tokio::time::sleep(LOGIN_REFUSED_DELAY).await;
         return http::status_response(&status);
@@ -555,8 +583,7 @@ async fn forward(c: Console, caller: Caller, name: &str, req: Request) -> Respon
 /// What an action names, for its log line: the `channel`, `channels`, `user`, `node_id` and
 /// `jti` fields of its body (never `data`).
 fn target_of(body: &[u8]) -> String {
-    let Ok(serde_json::Value::Object(o)) = serde_json::from_slice::<serde_json::Value>(body)
-    else {
+    let Ok(serde_json::Value::Object(o)) = serde_json::from_slice::<serde_json::Value>(body) else {
         return String::new();
     };
     let mut parts = Vec::new();
@@ -653,8 +680,14 @@ mod tests {
         assert_eq!(ConsoleMode::Auto.access(&none), None);
         assert_eq!(ConsoleMode::Auto.access(&keys), Some(ConsoleAccess::Login));
         assert_eq!(ConsoleMode::Off.access(&keys), None);
-        assert_eq!(ConsoleMode::Insecure.access(&none), Some(ConsoleAccess::Open));
-        assert_eq!(ConsoleMode::Insecure.access(&keys), Some(ConsoleAccess::Login));
+        assert_eq!(
+            ConsoleMode::Insecure.access(&none),
+            Some(ConsoleAccess::Open)
+        );
+        assert_eq!(
+            ConsoleMode::Insecure.access(&keys),
+            Some(ConsoleAccess::Login)
+        );
     }
 
     #[test]
@@ -668,7 +701,13 @@ mod tests {
         };
         let host = ("host", "127.0.0.1:9464");
         assert!(csrf(&Method::GET, &h(&[host])).is_ok());
-        assert!(csrf(&Method::GET, &h(&[host, ("origin", "http://127.0.0.1:9464")])).is_ok());
+        assert!(
+            csrf(
+                &Method::GET,
+                &h(&[host, ("origin", "http://127.0.0.1:9464")])
+            )
+            .is_ok()
+        );
         assert!(csrf(&Method::GET, &h(&[host, ("origin", "http://evil.example")])).is_err());
         assert!(csrf(&Method::GET, &h(&[host, ("sec-fetch-site", "cross-site")])).is_err());
         assert!(csrf(&Method::GET, &h(&[host, ("sec-fetch-site", "same-site")])).is_err());
@@ -714,11 +753,18 @@ mod tests {
     fn cookies_are_strict_and_http_only() {
         let c = set_cookie("ab", 60, &HeaderMap::new());
         let c = c.to_str().unwrap();
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/console"));
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/console")
+        );
         assert!(!c.contains("Secure"));
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        assert!(set_cookie("ab", 60, &h).to_str().unwrap().ends_with("; Secure"));
+        assert!(
+            set_cookie("ab", 60, &h)
+                .to_str()
+                .unwrap()
+                .ends_with("; Secure")
+        );
     }
 
     #[test]

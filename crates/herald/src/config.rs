@@ -856,7 +856,10 @@ mod tests {
         let file: Settings = toml::from_str("console = \"insecure\"").unwrap();
         let c = Config::from_settings(file).unwrap();
         assert_eq!(c.console, ConsoleMode::Insecure);
-        assert_eq!(c.console.access(&c.control.api_keys), Some(ConsoleAccess::Open));
+        assert_eq!(
+            c.console.access(&c.control.api_keys),
+            Some(ConsoleAccess::Open)
+        );
         let c = Config::from_settings(Settings {
             console: Some(ConsoleSetting::Off),
             api_keys: Some("0123456789abcdef0123".into()),
