@@ -33,3 +33,5 @@ NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$J
 echo "==> client publishes: the chat example page in two tabs on two nodes (WebSocket and POST /publish)"
 NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" SCREENSHOT="$ROOT/target/screenshots/chat.png" \
   timeout 200 node "$JS/test/chat.test.cjs"
+echo "==> admin console: login, live cluster stats, channel tail and publish, drain (two nodes on NATS)"
+NODE_PATH="$ROOT/$JS/node_modules" HERALD_BIN="$HERALD_BIN" timeout 300 node "$JS/test/console.test.cjs"

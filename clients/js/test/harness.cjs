@@ -78,7 +78,10 @@ async function startNode(name, env) {
     ...env,
   });
   await waitHttp(`http://127.0.0.1:${admin}/readyz`);
-  return { name, proc: p, url: `http://127.0.0.1:${http}`, grpc: `http://127.0.0.1:${grpc}`, port: http };
+  return {
+    name, proc: p, url: `http://127.0.0.1:${http}`, grpc: `http://127.0.0.1:${grpc}`, port: http,
+    admin: `http://127.0.0.1:${admin}`, api: `http://127.0.0.1:${api}`,
+  };
 }
 
 // Publishes JSON values through the CLI (gRPC); returns the cursors it printed.

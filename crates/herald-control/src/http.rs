@@ -180,7 +180,7 @@ pub struct ErrorDetail {
 }
 
 /// An error answer with a given HTTP status and gRPC code.
-fn error(status: StatusCode, code: Code, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: Code, message: impl Into<String>) -> Response {
     let body = ErrorBody {
         error: ErrorDetail {
             code: code_string(code),
@@ -198,7 +198,7 @@ fn error(status: StatusCode, code: Code, message: impl Into<String>) -> Response
 }
 
 /// The answer to a status from the service.
-fn status_response(s: &Status) -> Response {
+pub(crate) fn status_response(s: &Status) -> Response {
     error(http_status(s.code()), s.code(), s.message())
 }
 
@@ -323,7 +323,7 @@ fn is_json(content_type: &str) -> bool {
 
 /// A `tonic::Request` carrying the caller's API key and trace context, marked as an HTTP
 /// call.
-fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
+pub(crate) fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     for name in ["authorization", "traceparent"] {
         if let Some(v) = headers.get(name) {
@@ -334,6 +334,13 @@ fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     }
     request.extensions_mut().insert(HttpCall);
     request
+}
+
+/// Runs one request of the API exactly as the HTTP/JSON API does (key check, body rules,
+/// parsing, the gRPC method, the error mapping): the admin console's calls come through here
+/// with the operator's key put in `Authorization` from its session.
+pub(crate) async fn call(service: HeraldService, endpoint: Endpoint, req: Request) -> Response {
+    handle(Api { service }, endpoint, req).await
 }
 
 async fn handle(api: Api, endpoint: Endpoint, req: Request) -> Response {
@@ -849,8 +856,9 @@ struct ChannelItem {
     subscribers: u64,
 }
 
+/// `Stats` as JSON (also each event of the console's stats stream).
 #[derive(Serialize)]
-struct StatsReply {
+pub(crate) struct StatsReply {
     nodes: Vec<NodeItem>,
     totals: TotalsItem,
 }

@@ -5,6 +5,7 @@
 //! `herald.v1` call checks the API key first ([`ApiKeys`]); health and reflection stay open.
 
 mod auth;
+pub mod console;
 pub mod http;
 mod stats;
 mod stream;

@@ -37,6 +37,18 @@ pub(crate) enum BrokerKind {
     Nats,
 }
 
+/// `HERALD_CONSOLE`: whether the admin port serves the console (docs/console.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ConsoleSetting {
+    /// Behind a login with an API key when keys are configured; not served without keys.
+    Auto,
+    /// Never served.
+    Off,
+    /// Also served without API keys, with no login (anyone reaching the admin port).
+    Insecure,
+}
+
 /// JetStream storage kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -113,6 +125,11 @@ pub(crate) struct Settings {
     /// Admin address: /metrics, /healthz, /readyz [default: 0.0.0.0:9464].
     #[arg(long, env = "HERALD_ADMIN_ADDR")]
     pub(crate) admin_addr: Option<SocketAddr>,
+    /// Admin console at /console on the admin port: auto (login with an API key; not served
+    /// without keys), off, or insecure (also served without keys, with no login)
+    /// [default: auto].
+    #[arg(long, env = "HERALD_CONSOLE")]
+    pub(crate) console: Option<ConsoleSetting>,
     /// Broker: memory (single node) or nats [default: memory].
     #[arg(long, env = "HERALD_BROKER")]
     pub(crate) broker: Option<BrokerKind>,
@@ -346,7 +363,7 @@ impl Settings {
             .with_context(|| format!("reading config file {} (HERALD_CONFIG)", path.display()))?;
         let file: Settings = toml::from_str(&text)
             .with_context(|| format!("parsing config file {}", path.display()))?;
-        layer!(self, file; http_addr, grpc_addr, api_addr, admin_addr, broker, nats_url, node_id,
+        layer!(self, file; http_addr, grpc_addr, api_addr, admin_addr, console, broker, nats_url, node_id,
             nats_stream, nats_replicas, nats_storage, nats_live_interest, nats_user, nats_password, nats_token,
             nats_creds, nats_ca, nats_tls,
             history_size, history_ttl, max_message_bytes, outbox_bytes, recent_cache_bytes, fanout_shard_min, max_connections,
@@ -368,6 +385,8 @@ pub(crate) struct Config {
     pub(crate) grpc_addr: SocketAddr,
     pub(crate) api_addr: SocketAddr,
     pub(crate) admin_addr: SocketAddr,
+    /// `HERALD_CONSOLE`.
+    pub(crate) console: herald_control::console::ConsoleMode,
     pub(crate) broker: BrokerKind,
     pub(crate) nats: NatsBrokerConfig,
     pub(crate) node_id: String,
@@ -778,6 +797,11 @@ impl Config {
             admin_addr: s
                 .admin_addr
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
+            console: match s.console.unwrap_or(ConsoleSetting::Auto) {
+                ConsoleSetting::Auto => herald_control::console::ConsoleMode::Auto,
+                ConsoleSetting::Off => herald_control::console::ConsoleMode::Off,
+                ConsoleSetting::Insecure => herald_control::console::ConsoleMode::Insecure,
+            },
             broker: s.broker.unwrap_or(BrokerKind::Memory),
             nats: NatsBrokerConfig {
                 urls: s
@@ -918,6 +942,30 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+    }
+
+    #[test]
+    fn the_console_setting_is_read_and_defaults_to_auto() {
+        use herald_control::console::{ConsoleAccess, ConsoleMode};
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.console, ConsoleMode::Auto);
+        // Auto without keys: not served (the console logs in with a key).
+        assert_eq!(c.console.access(&c.control.api_keys), None);
+        let file: Settings = toml::from_str("console = \"insecure\"").unwrap();
+        let c = Config::from_settings(file).unwrap();
+        assert_eq!(c.console, ConsoleMode::Insecure);
+        assert_eq!(
+            c.console.access(&c.control.api_keys),
+            Some(ConsoleAccess::Open)
+        );
+        let c = Config::from_settings(Settings {
+            console: Some(ConsoleSetting::Off),
+            api_keys: Some("0123456789abcdef0123".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.console.access(&c.control.api_keys), None);
+        assert!(toml::from_str::<Settings>("console = \"maybe\"").is_err());
     }
 
     #[test]

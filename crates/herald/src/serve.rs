@@ -204,6 +204,19 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         control.clone(),
         stop_rest.clone(),
     ));
+    let console = config
+        .console
+        .announce(&config.control.api_keys, config.admin_addr)
+        .map(|access| {
+            herald_control::console::router(
+                control.clone(),
+                herald_control::console::ConsoleOptions {
+                    access,
+                    node_id: config.node_id.clone(),
+                    client_port: config.http_addr.port(),
+                },
+            )
+        });
     let grpc_task = tokio::spawn(herald_control::serve(
         grpc,
         control,
@@ -216,6 +229,10 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         pending: pending.clone(),
     });
+    let admin_router = match console {
+        Some(console) => admin_router.merge(console),
+        None => admin_router,
+    };
     let admin_task = tokio::spawn({
         let stop = stop_rest.clone();
         async move {
