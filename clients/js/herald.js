@@ -582,6 +582,8 @@ function poll(sub, h, long) {
       // `cursor`: a consistent cut over the request's channels (a cursor or a token).
       h.positions(reply.cursor, channels);
       h.subscribed();
+      // The node is draining: go on from these positions on another node.
+      if (reply.reconnect === "draining") return h.end("drain");
       const more = (reply.messages || []).length >= 1000;
       if (!long && !more) await new Promise((ok) => (timer = setTimeout(ok, sub.options.pollInterval)));
     }

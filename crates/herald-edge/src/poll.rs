@@ -148,6 +148,14 @@ impl Reply {
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
+        self.respond(false)
+    }
+}
+
+impl Reply {
+    /// The reply's JSON; `draining`: the node is leaving, so the client should poll another
+    /// node next (`"reconnect":"draining"`, as the WebSocket and SSE `reconnect` say).
+    fn respond(self, draining: bool) -> Response {
         let size: usize = self.messages.iter().map(|m| m.json().len() + 1).sum();
         let cursor = herald_core::position::encode(&self.positions);
         let names: usize = self.gaps.iter().map(|c| c.as_str().len() + 3).sum();
@@ -174,7 +182,11 @@ impl IntoResponse for Reply {
             }
             put_json_str(&mut b, c.as_str());
         }
-        b.put_slice(b"]}");
+        b.put_slice(if draining {
+            b"],\"reconnect\":\"draining\"}"
+        } else {
+            b"]}"
+        });
         let mut resp = Response::new(axum::body::Body::from(b.freeze()));
         let h = resp.headers_mut();
         h.insert(
@@ -317,7 +329,7 @@ pub(crate) async fn handle(edge: Arc<EdgeInner>, p: Prepared) -> Result<Response
             .with_label_values(&[protocol.as_str()])
             .inc();
     }
-    Ok(reply.into_response())
+    Ok(reply.respond(edge.is_draining()))
 }
 
 async fn interval(
