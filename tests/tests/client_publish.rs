@@ -429,14 +429,21 @@ async fn client_publishes_cross_nodes_over_nats_and_resume_like_any_message() {
     }
     let got = far.next_msgs(sent.len()).await;
     assert_messages(&got, &sent, "node b's SSE subscriber");
-    // Resume on node a from the fifth message: exactly the rest, no gap.
-    let from = sent[4].id.to_string();
-    let (status, body) = poll(
-        &a,
-        &format!("channel={channel}&since={from}&token={reader_token}"),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_messages(&poll_msgs(&body), &sent[5..], "resume on node a");
-    assert_eq!(body["gap"], false, "{body}");
+    // Resume on node a from the fifth message: exactly the rest, no gap. Node a may not have
+    // heard of node b's last publish yet when the first poll comes: poll on from each reply's
+    // cursor, as a client does, until the last cursor.
+    let mut from = sent[4].id.to_string();
+    let mut got = Vec::new();
+    let last = sent.last().expect("sent").id;
+    for _ in 0..50 {
+        let (status, body) = poll(&a, &format!("channel={channel}&since={from}&token={reader_token}&wait=2")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["gap"], false, "{body}");
+        got.extend(poll_msgs(&body));
+        from = body["cursor"].as_str().expect("cursor").to_owned();
+        if got.last().is_some_and(|m| m.id >= last) {
+            break;
+        }
+    }
+    assert_messages(&got, &sent[5..], "resume on node a");
 }
