@@ -436,7 +436,11 @@ async fn client_publishes_cross_nodes_over_nats_and_resume_like_any_message() {
     let mut got = Vec::new();
     let last = sent.last().expect("sent").id;
     for _ in 0..50 {
-        let (status, body) = poll(&a, &format!("channel={channel}&since={from}&token={reader_token}&wait=2")).await;
+        let (status, body) = poll(
+            &a,
+            &format!("channel={channel}&since={from}&token={reader_token}&wait=2"),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["gap"], false, "{body}");
         got.extend(poll_msgs(&body));
@@ -446,4 +450,19 @@ async fn client_publishes_cross_nodes_over_nats_and_resume_like_any_message() {
         }
     }
     assert_messages(&got, &sent[5..], "resume on node a");
+}
+
+#[tokio::test]
+async fn a_publish_rate_above_the_command_flood_limit_is_honoured() {
+    // Commands are limited to 50/s (burst 200) against floods; publishes are commands too, so
+    // the flood limit follows a higher publish rate instead of closing the connection (1008)
+    // of a client that stays within it.
+    let dir = config();
+    let env = env(&dir, "300");
+    let node = Node::start(&pairs(&env)).await;
+    let mut c = ws(&node, "chat:fast", &token("quick", &["chat:*"])).await;
+    for i in 0..400 {
+        let (v, _) = ws_publish(&mut c, &format!("q{i}"), "chat:fast", json!(i)).await;
+        assert_eq!(v["type"], "published", "publish {i}: {v}");
+    }
 }

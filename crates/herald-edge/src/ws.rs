@@ -226,17 +226,32 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     .await;
 }
 
-/// Token bucket against command floods.
+/// Token bucket against command floods. Its rate is at least twice the client publish rate
+/// (publishes and RPCs are commands too), so raising `HERALD_CLIENT_PUBLISH_RATE` does not
+/// turn a publisher within it into a flood.
 struct Bucket {
     tokens: f64,
     at: Instant,
+    rate: f64,
+    burst: f64,
 }
 
 impl Bucket {
+    fn new(publish_rate: u32) -> Self {
+        let rate = COMMAND_RATE.max(2.0 * f64::from(publish_rate));
+        let burst = COMMAND_BURST.max(2.0 * rate);
+        Self {
+            tokens: burst,
+            at: Instant::now(),
+            rate,
+            burst,
+        }
+    }
+
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * COMMAND_RATE;
-        self.tokens = (self.tokens + refill).min(COMMAND_BURST);
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -298,10 +313,7 @@ async fn serve(
     let period = edge.config.ws_ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     let mut last_heard = Instant::now();
-    let mut bucket = Bucket {
-        tokens: COMMAND_BURST,
-        at: Instant::now(),
-    };
+    let mut bucket = Bucket::new(edge.config.client_publish_rate);
     let mut batch = Vec::new();
     let mut publishes = crate::publish::Publishes::new();
     loop {
