@@ -30,7 +30,9 @@ let ctx;
 async function tab(node, params) {
   const page = await ctx.newPage();
   page.posts = 0; // POST /publish requests made by the page
+  page.rpcPosts = 0; // POST /rpc
   page.on("request", (r) => r.method() === "POST" && new URL(r.url()).pathname === "/publish" && page.posts++);
+  page.on("request", (r) => r.method() === "POST" && new URL(r.url()).pathname === "/rpc" && page.rpcPosts++);
   page.on("pageerror", (e) => console.log(`  [page error] ${e.message}`));
   await page.goto(`${node.url}/chat?${new URLSearchParams(params)}`);
   await page.waitForFunction(() => window.heraldChat && window.heraldChat.sub.state === "connected", null, { timeout: 15000 });
@@ -53,6 +55,7 @@ H.main(120000, async () => {
   const conf = path.join(TMP, "chat.toml");
   fs.writeFileSync(conf, ["[namespaces.chat]", "publish = true", "join_leave = true"].join("\n") + "\n");
   const env = { HERALD_BROKER: "nats", HERALD_NATS_URL: nats, HERALD_CONFIG: conf, HERALD_AUTH_HMAC_SECRET: SECRET };
+  // (the rpc test's node adds hook settings to these)
   const [n1, n2] = await Promise.all([startNode("c1", env), startNode("c2", env)]);
   console.log(`nats ${nats}; nodes ${n1.url} ${n2.url}; ${BIN}`);
   ctx = await H.launchBrowser();
@@ -90,6 +93,39 @@ H.main(120000, async () => {
     await a.waitForTimeout(300);
     expect((await texts(a)).length === 3, "the refused message reached nobody");
     if (process.env.SCREENSHOT) await b.screenshot({ path: process.env.SCREENSHOT });
+  });
+
+  await test("rpc() reaches the application's backend over WebSocket and HTTP", async () => {
+    // The scripted application backend of the Rust tests (target/<profile>/hook_backend).
+    const bin = process.env.HOOK_BACKEND || path.join(path.dirname(BIN), "hook_backend");
+    const { spawn } = require("child_process");
+    const backend = spawn(bin, ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"], { stdio: ["pipe", "pipe", "inherit"] });
+    try {
+      const addrs = await new Promise((ok, fail) => {
+        backend.stdout.once("data", (d) => ok(JSON.parse(String(d).split("\n")[0])));
+        backend.once("error", fail);
+      });
+      const n3 = await startNode("c3", { ...env, HERALD_BROKER: "memory", HERALD_HOOKS_TARGET: `http://${addrs.http}/herald`, HERALD_RPC_HOOK: "true" });
+      for (const transports of ["websocket", "sse"]) {
+        const page = await tab(n3, { room: "r3", name: "eve", token: mint("eve", []), transports });
+        const out = await page.evaluate(async () => {
+          const sub = window.heraldChat.sub;
+          const r = [await sub.rpc("echo", { x: [1, 2] })];
+          try {
+            await sub.rpc("refuse", null);
+            r.push("resolved");
+          } catch (e) {
+            r.push(e.code);
+          }
+          return r;
+        });
+        expect(JSON.stringify(out) === JSON.stringify([{ x: [1, 2] }, "rpc_refused"]), `${transports}: ${JSON.stringify(out)}`);
+        const posts = page.rpcPosts;
+        expect(transports === "websocket" ? posts === 0 : posts === 2, `${transports}: POST /rpc ${posts}`);
+      }
+    } finally {
+      backend.kill();
+    }
   });
 
   await test("publish() rejects with the server's code over WebSocket and HTTP", async () => {

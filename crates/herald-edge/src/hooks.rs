@@ -31,6 +31,7 @@ pub(crate) fn context(
     who: Option<&Principal>,
     headers: Option<&HeaderMap>,
 ) -> ClientContext {
+    let headers_in = headers;
     let headers = headers
         .map(|h| {
             h.iter()
@@ -41,13 +42,24 @@ pub(crate) fn context(
                 .collect()
         })
         .unwrap_or_default();
+    // Herald's own span when tracing is on, else the client's `traceparent` (a browser or an
+    // app's own instrumentation), so the backend's trace joins the client's.
+    let traceparent = herald_core::trace::current_traceparent()
+        .map(|t| t.to_string())
+        .or_else(|| {
+            headers_in
+                .and_then(|h| h.get("traceparent"))
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 256)
+                .map(str::to_owned)
+        });
     ClientContext {
         client: client.to_owned(),
         remote_addr: ip,
         protocol,
         user: who.map(|p| p.user.clone()).filter(|u| !u.is_empty()),
         headers,
-        traceparent: herald_core::trace::current_traceparent().map(|t| t.to_string()),
+        traceparent,
     }
 }
 
