@@ -1594,3 +1594,41 @@ async fn the_openapi_document_matches_the_served_api() {
     }
     assert!(checked >= 19, "only {checked} operations checked");
 }
+
+#[tokio::test]
+async fn a_caller_that_never_finishes_its_request_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Slowloris on the API port: the head must arrive within HERALD_HEADER_READ_TIMEOUT, as on
+    // the client port; a kept-alive connection that goes quiet is closed the same way.
+    let node = Node::start(&[("HERALD_HEADER_READ_TIMEOUT", "1s")]).await;
+    let addr = node.api_url().trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // a 408 answer, if any, then the close
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the half-sent request was still open after 8 s"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    // Meanwhile and afterwards the API answers others.
+    let (status, _, _) = herald_e2e::get(&format!("{}/api/v1/stats", node.api_url()), &[]).await;
+    assert_eq!(status, 200);
+}

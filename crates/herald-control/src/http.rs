@@ -136,6 +136,9 @@ const fn route(path: &'static str, methods: &'static [&'static str], endpoint: E
     }
 }
 
+/// Connections the HTTP/JSON API holds open at once; more are closed as they arrive.
+pub const MAX_API_CONNECTIONS: usize = 4096;
+
 /// How long a caller may take to send its request body once the headers are in.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -265,15 +268,50 @@ pub async fn serve(
     listener: TcpListener,
     service: HeraldService,
     stop: CancellationToken,
+    header_timeout: Duration,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Nagle off, as for gRPC: a JSON answer must not wait for the caller's delayed ACK.
-    let listener = listener.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    });
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+    let app = router(service);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // A client has `header_timeout` to send its request head (slowloris), as on the client
+    // port; the body has BODY_READ_TIMEOUT.
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_API_CONNECTIONS));
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::debug!(%error, "accept failed on the HTTP API port");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Past the bound, a new connection is closed at once: the API is for backends, not
+        // for crowds, and every open connection holds a descriptor and a task.
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        // Nagle off, as for gRPC: a JSON answer must not wait for the caller's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    // Requests in flight finish (each is bounded by its own timeouts), then the port closes.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }
 
 /// Where a request's fields come from.

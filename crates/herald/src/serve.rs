@@ -203,6 +203,7 @@ pub(crate) async fn serve(settings: Settings) -> anyhow::Result<()> {
         api,
         control.clone(),
         stop_rest.clone(),
+        config.edge.header_read_timeout,
     ));
     let console = config
         .console
