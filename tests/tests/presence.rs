@@ -890,3 +890,104 @@ async fn the_rust_client_surfaces_presence_and_endings() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_users_connections_are_listed_across_nodes_whatever_their_channels() {
+    let nats = start_nats();
+    let dir = config();
+    let env = env(&dir);
+    let a = nats_node(&nats, "conn-a", &pairs(&env)).await;
+    let b = nats_node(&nats, "conn-b", &pairs(&env)).await;
+    converged(&[&a, &b]).await;
+    // Alice on both nodes and in a namespace without presence; Bob alongside.
+    let (alice_ws, ws_id) = ws(
+        &a,
+        &herald_e2e::channel("quiet:x"),
+        &token("alice", None, None),
+    )
+    .await;
+    let (_alice_sse, sse_id) = sse(
+        &b,
+        &herald_e2e::channel("room:c"),
+        &token("alice", None, None),
+    )
+    .await;
+    let (_bob, _) = ws(
+        &a,
+        &herald_e2e::channel("room:c"),
+        &token("bob", None, None),
+    )
+    .await;
+    let mut want = vec![
+        (ws_id.clone(), "conn-a".to_owned(), "websocket".to_owned()),
+        (sse_id.clone(), "conn-b".to_owned(), "sse".to_owned()),
+    ];
+    want.sort();
+    let mut api = control(&b, None).await;
+    let r = api
+        .connections(herald_proto::v1::ConnectionsRequest {
+            user: "alice".into(),
+        })
+        .await
+        .expect("Connections")
+        .into_inner();
+    let mut got: Vec<(String, String, String)> = r
+        .clients
+        .iter()
+        .map(|c| (c.client.clone(), c.node.clone(), c.protocol.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "gRPC Connections through node b");
+    assert!(r.clients.iter().all(|c| c.user == "alice"));
+    assert!(r.missing_nodes.is_empty());
+    // The HTTP API and the CLI say the same, through node a.
+    let (status, _, body) = herald_e2e::get(
+        &format!("{}/api/v1/connections?user=alice", a.api_url()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut http: Vec<(String, String, String)> = body["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|c| {
+            (
+                c["client"].as_str().unwrap_or("").into(),
+                c["node"].as_str().unwrap_or("").into(),
+                c["protocol"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    http.sort();
+    assert_eq!(http, want, "GET /api/v1/connections through node a: {body}");
+    let grpc = format!("http://{}", a.grpc);
+    let out = cli(&["connections", "alice", "--grpc", &grpc], &[], None).await;
+    assert!(out.success, "{}", out.stderr);
+    let v: Value = serde_json::from_str(out.stdout.trim()).expect("CLI JSON");
+    assert_eq!(v["clients"].as_array().map(Vec::len), Some(2), "{v}");
+    // Bad input: a clear error.
+    let e = api
+        .connections(herald_proto::v1::ConnectionsRequest {
+            user: String::new(),
+        })
+        .await
+        .expect_err("empty user");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // A connection that ends leaves the list.
+    alice_ws.close().await;
+    herald_e2e::eventually(Duration::from_secs(10), "alice's WebSocket gone", || {
+        let mut api = api.clone();
+        async move {
+            let r = api
+                .connections(herald_proto::v1::ConnectionsRequest {
+                    user: "alice".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (r.clients.len() == 1).then_some(())
+        }
+    })
+    .await;
+}

@@ -28,6 +28,17 @@ const test = (name, fn) =>
 
 const KEY = "console-browser-key-0123456789abcdef";
 process.env.HERALD_API_KEY = KEY; // the CLI's calls (publish) carry it
+const SECRET = "console-test-secret-0123456789abcdef0123";
+
+// A client token for `user` (what an app backend would mint; here `herald token`).
+function mint(user) {
+  const { spawnSync } = require("child_process");
+  const r = spawnSync(H.BIN, ["token", "--sub", user, "--channel", "*", "--ttl", "10m"], {
+    env: { ...process.env, HERALD_AUTH_HMAC_SECRET: SECRET }, encoding: "utf8",
+  });
+  if (r.status !== 0) throw new Error(`herald token: ${r.stderr}`);
+  return r.stdout.trim();
+}
 const SHOTS = process.env.SCREENSHOT_DIR || "";
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
@@ -126,6 +137,9 @@ H.main(170000, async () => {
     HERALD_NATS_URL: nats,
     HERALD_CONFIG: conf,
     HERALD_API_KEYS: KEY,
+    // Tokens name users (the Users page); channels stay open to clients without one.
+    HERALD_AUTH_HMAC_SECRET: SECRET,
+    HERALD_ANONYMOUS: "true",
     HERALD_HEARTBEAT_INTERVAL: "500ms",
     HERALD_SSE_RETRY: "300ms",
   };
@@ -144,7 +158,7 @@ H.main(170000, async () => {
   await test("without login every console API route is refused, and the page shows only the login", async () => {
     const routes = ["session", "stats/stream", "stats", "channels", "history?channel=a", "presence?channel=a",
       "presence_stats?channel=a", "publish", "broadcast", "disconnect", "subscribe", "unsubscribe", "revoke_token",
-      "revoke_user", "drain", "logout", "nothing-here"];
+      "revoke_user", "drain", "connections", "logout", "nothing-here"];
     for (const r of routes) {
       const get = /^(session|stats|channels|history|presence|nothing)/.test(r);
       const res = await fetch(`${c1.admin}/console/api/${r}`, get ? {} : {
@@ -258,6 +272,31 @@ H.main(170000, async () => {
     await shot(page, "publish-error");
   });
 
+  await test("users: a user's connections on both nodes are listed", async () => {
+    // zoe holds a WebSocket on node 1 and an SSE stream on node 2 (a page of node 1).
+    const zoe = await ctx.newPage();
+    await zoe.goto(`${c1.url}/?${new URLSearchParams({ channel: "pub:page", transports: "poll", poll: 600000 })}`);
+    await zoe.waitForFunction(() => window.heraldDemo && window.heraldDemo.sub, null, { timeout: 10000 });
+    await zoe.evaluate(() => window.heraldDemo.sub.close());
+    await zoe.evaluate(async ([a, b, token]) => {
+      const { subscribe } = await import("/herald.js");
+      window.zoe = [subscribe(a, ["room:zoe"], { transports: ["websocket"], token }), subscribe(b, ["room:zoe"], { transports: ["sse"], token })];
+    }, [c1.url, c2.url, mint("zoe")]);
+    await zoe.waitForFunction(() => window.zoe.every((s) => s.state === "connected" && s.clientId), null, { timeout: 15000 });
+    const ids = await zoe.evaluate(() => window.zoe.map((s) => s.clientId));
+    const page = await consolePage(c1);
+    await page.goto(`${c1.admin}/console/#/users`);
+    await page.fill("#cx-user", "zoe");
+    await page.click('#connections-form button[type="submit"]');
+    await page.waitForFunction(() => document.querySelectorAll("#connections tbody tr").length === 2, null, { timeout: 5000 });
+    const rows = await page.$$eval("#connections tbody tr", (trs) => trs.map((tr) => [...tr.children].slice(0, 3).map((td) => td.textContent)));
+    const want = [[ids[0], "c1", "websocket"], [ids[1], "c2", "sse"]].sort((x, y) => (x[0] < y[0] ? -1 : 1));
+    same(rows, want, "zoe's connections");
+    same(await page.textContent("#connections-info"), "2 connection(s) of zoe", "the summary");
+    await shot(page, "users");
+    await zoe.evaluate(() => window.zoe.forEach((s) => s.close()));
+  });
+
   await test("users: actions run cluster-wide and answer with the API's counts and errors", async () => {
     const page = await consolePage(c1);
     await page.goto(`${c1.admin}/console/#/users`);
@@ -268,7 +307,7 @@ H.main(170000, async () => {
     await page.fill("#uc-channel", "bad name");
     await page.click('button:has-text("Unsubscribe")');
     await page.waitForFunction(() => /invalid_argument: channel "bad name"/.test(document.querySelector("#user-error").textContent), null, { timeout: 5000 });
-    await shot(page, "users");
+    await shot(page, "users-actions");
   });
 
   await test("drain node 2 from the console: its clients move to node 1, nothing lost", async () => {

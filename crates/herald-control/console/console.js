@@ -445,9 +445,27 @@
     };
     const form = (title, fields, buttons) => h("section.card", h("h2", { text: title }), h("form", { onsubmit: (e) => e.preventDefault() }, fields, h("div.row", buttons)));
     const btn = (label, f, cls = "") => h(`button${cls}`, { type: "button", onclick: f }, label);
+    // Connections of a user, cluster-wide (Connections).
+    const conns = h("tbody");
+    const connErr = h("p.error", { role: "alert" });
+    const connInfo = h("p.hint", { id: "connections-info" });
+    const lookup = async () => {
+      connErr.textContent = connInfo.textContent = "";
+      const user = v("cx-user");
+      const r = await call(`connections?${new URLSearchParams({ user })}`);
+      if (!r.ok) return conns.replaceChildren(), (connErr.textContent = errText(r));
+      conns.replaceChildren(...r.body.clients.map((c) => h("tr", h("td.mono", { text: c.client }), h("td", { text: c.node }), h("td", { text: c.protocol }),
+        h("td.hide-narrow", { text: new Date(c.since_unix_ms).toLocaleTimeString() }), h("td.mono.hide-narrow", { text: c.info == null ? "" : JSON.stringify(c.info) }))));
+      connInfo.textContent = `${r.body.clients.length} connection(s) of ${user}${r.body.missing_nodes.length ? `; nodes that did not answer: ${r.body.missing_nodes.join(", ")}` : ""}`;
+      for (const id of ["dc-user", "uc-user", "ru-user"]) if (!v(id)) $(`#${id}`, view).value = user;
+    };
     view.append(
       h("h1", { text: "Users" }),
-      h("p.hint", { text: "Actions reach every connection of the user on every node. Herald has no query listing one user's connections across nodes yet: see who is in a channel on its page (Presence)." }),
+      h("section.card", h("h2", { text: "Connections of a user" }),
+        h("form.row", { id: "connections-form", onsubmit: (e) => (e.preventDefault(), lookup()) }, field("cx-user", "user"), h("button", { type: "submit" }, "Look up")),
+        connErr, connInfo,
+        h("div.scroll", h("table", { id: "connections" }, h("thead", h("tr", ["client", "node", "protocol", "since", "info"].map((t, i) => h(`th${i > 2 ? ".hide-narrow" : ""}`, { text: t })))), conns))),
+      h("p.hint", { text: "Actions reach every connection of the user on every node (WebSocket, SSE and held long-polls)." }),
       err, out,
       h("div.grid",
         form("Disconnect", [field("dc-user", "user"), field("dc-reason", "reason (optional)"),

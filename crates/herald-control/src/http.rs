@@ -51,6 +51,8 @@ pub enum Endpoint {
     Presence,
     /// `PresenceStats`.
     PresenceStats,
+    /// `Connections`.
+    Connections,
     /// `Disconnect`.
     Disconnect,
     /// `Subscribe`.
@@ -78,6 +80,7 @@ impl Endpoint {
             Self::Stats => "Stats",
             Self::Presence => "Presence",
             Self::PresenceStats => "PresenceStats",
+            Self::Connections => "Connections",
             Self::Disconnect => "Disconnect",
             Self::Subscribe => "Subscribe",
             Self::Unsubscribe => "Unsubscribe",
@@ -119,6 +122,7 @@ pub const ROUTES: &[Route] = &[
     route("/api/v1/stats", READ, Endpoint::Stats),
     route("/api/v1/presence", READ, Endpoint::Presence),
     route("/api/v1/presence_stats", READ, Endpoint::PresenceStats),
+    route("/api/v1/connections", READ, Endpoint::Connections),
     route("/api/v1/disconnect", ACTION, Endpoint::Disconnect),
     route("/api/v1/subscribe", ACTION, Endpoint::Subscribe),
     route("/api/v1/unsubscribe", ACTION, Endpoint::Unsubscribe),
@@ -620,29 +624,14 @@ async fn dispatch(
             let r = service
                 .presence(grpc_request(PresenceRequest { channel: b.channel }, h))
                 .await;
-            reply(r, |r| {
-                let clients = r
-                    .clients
-                    .into_iter()
-                    .map(|c| {
-                        Ok(PresenceItem {
-                            client: c.client,
-                            user: c.user,
-                            info: match c.info.as_str() {
-                                "" => None,
-                                _ => Some(json_of(c.info.into_bytes())?),
-                            },
-                            node: c.node,
-                            protocol: c.protocol,
-                            since_unix_ms: c.since_unix_ms,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, Status>>()?;
-                Ok(PresenceReply {
-                    clients,
-                    missing_nodes: r.missing_nodes,
-                })
-            })
+            reply(r, presence_reply)
+        }
+        Endpoint::Connections => {
+            let b: UserBody = input.parse()?;
+            let r = service
+                .connections(grpc_request(v1::ConnectionsRequest { user: b.user }, h))
+                .await;
+            reply(r, presence_reply)
         }
         Endpoint::PresenceStats => {
             let b: ChannelBody = input.parse()?;
@@ -809,6 +798,12 @@ struct ChannelBody {
 
 #[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
+struct UserBody {
+    user: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
 struct DisconnectBody {
     user: String,
     reconnect: bool,
@@ -965,6 +960,31 @@ impl From<v1::StatsResponse> for StatsReply {
             },
         }
     }
+}
+
+/// The JSON form of a `PresenceResponse` (`Presence` and `Connections`).
+fn presence_reply(r: v1::PresenceResponse) -> Result<PresenceReply, Status> {
+    let clients = r
+        .clients
+        .into_iter()
+        .map(|c| {
+            Ok(PresenceItem {
+                client: c.client,
+                user: c.user,
+                info: match c.info.as_str() {
+                    "" => None,
+                    _ => Some(json_of(c.info.into_bytes())?),
+                },
+                node: c.node,
+                protocol: c.protocol,
+                since_unix_ms: c.since_unix_ms,
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(PresenceReply {
+        clients,
+        missing_nodes: r.missing_nodes,
+    })
 }
 
 #[derive(Serialize)]

@@ -619,6 +619,36 @@ impl Herald for HeraldService {
         .await
     }
 
+    async fn connections(
+        &self,
+        request: Request<v1::ConnectionsRequest>,
+    ) -> Result<Response<PresenceResponse>, Status> {
+        self.unary("Connections", request, |req| async move {
+            let user = user(&req.user)?;
+            let answer = self
+                .cluster
+                .user_connections(&user)
+                .await
+                .map_err(cluster_status)?;
+            Ok(PresenceResponse {
+                clients: answer
+                    .clients
+                    .into_iter()
+                    .map(|c| PresenceClient {
+                        client: c.client,
+                        user: c.user,
+                        info: c.info.unwrap_or_default(),
+                        node: c.node,
+                        protocol: c.protocol,
+                        since_unix_ms: c.since_unix_ms,
+                    })
+                    .collect(),
+                missing_nodes: answer.missing_nodes,
+            })
+        })
+        .await
+    }
+
     async fn presence_stats(
         &self,
         request: Request<PresenceRequest>,

@@ -248,6 +248,8 @@ pub trait LocalNode: Send + Sync + 'static {
     /// Applies an operator's action to this node's connections; returns how many it reached.
     /// A revocation this node cannot hold (its set is full) is an error.
     fn act(&self, action: &UserAction) -> Result<u64, ClusterError>;
+    /// The connections of `user` held by this node (WebSocket, SSE, held long-polls).
+    fn user_connections(&self, user: &str) -> Vec<PresenceEntry>;
     /// Hands another node's join/leave to this node's subscribers of the channel.
     fn deliver_event(&self, event: &PresenceEvent);
     /// The join/leave events of this node's clients, to relay to the other nodes. The first
@@ -274,6 +276,9 @@ pub trait Cluster: Send + Sync + 'static {
     /// Applies `action` on every node that answers and sums what it reached. A revocation is
     /// also stored so that nodes that start or reconnect later know it.
     async fn act(&self, action: &UserAction) -> Result<ActionAnswer, ClusterError>;
+    /// Every connection of `user` on every node that answers (WebSocket, SSE, held
+    /// long-polls), sorted by client id.
+    async fn user_connections(&self, user: &str) -> Result<PresenceAnswer, ClusterError>;
 }
 
 /// The single-node cluster (memory broker): every answer comes from this node.
@@ -330,6 +335,13 @@ impl Cluster for LocalCluster {
             connections: self.node.act(action)?,
             missing_nodes: Vec::new(),
         })
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<PresenceAnswer, ClusterError> {
+        Ok(PresenceAnswer::merge([PresenceAnswer {
+            clients: self.node.user_connections(user),
+            missing_nodes: Vec::new(),
+        }]))
     }
 }
 

@@ -448,6 +448,13 @@ impl Edge {
         self.inner.hub.presence(channel, &self.inner.config.node_id)
     }
 
+    /// The connections of `user` held by this node (WebSocket, SSE, held long-polls).
+    pub fn user_connections(&self, user: &str) -> Vec<PresenceEntry> {
+        self.inner
+            .registry
+            .user_connections(user, &self.inner.config.node_id)
+    }
+
     /// Applies an operator's action to this node's connections; returns how many it reached.
     pub fn act(&self, action: &UserAction) -> Result<u64, herald_core::RevocationError> {
         let n = self.inner.registry.act(action, &self.inner.revocations)?;

@@ -211,6 +211,23 @@ impl Registry {
         Ok(n)
     }
 
+    /// The connections of `user` held here (WebSocket, SSE, held long-polls).
+    pub(crate) fn user_connections(&self, user: &str, node: &str) -> Vec<PresenceEntry> {
+        let conns = self.conns.lock();
+        conns
+            .values()
+            .filter(|(o, _)| !user.is_empty() && &*o.client.user == user)
+            .map(|(o, _)| PresenceEntry {
+                client: o.client.id.to_string(),
+                user: o.client.user.to_string(),
+                info: o.client.info.as_deref().map(str::to_owned),
+                node: node.to_owned(),
+                protocol: o.protocol.as_str().to_owned(),
+                since_unix_ms: o.client.since_ms,
+            })
+            .collect()
+    }
+
     /// Presence entries of the held streams among `outboxes`.
     pub(crate) fn presence_of(
         outboxes: impl Iterator<Item = Arc<Outbox>>,

@@ -10,7 +10,8 @@
 //! - `P.ctl.drain.<id>`: request/reply to one node.
 //! - `P.ctl.presence`: scatter-gather like `P.ctl.channels`. The asker publishes
 //!   `{from, channel}`; every other node answers `{node_id, clients}` with the WebSocket and SSE
-//!   connections it holds on the channel; the asker joins them with its own.
+//!   connections it holds on the channel; the asker joins them with its own. `{from, user}`
+//!   asks for the connections of a user instead (WebSocket, SSE, held long-polls).
 //! - `P.ctl.act`: scatter-gather of an operator's action on a user. The asker publishes
 //!   `{from, action, stored}` (`action`: the [`UserAction`] as JSON; `stored`: for a revocation,
 //!   its sequence in the revocation stream); every other node applies it and answers
@@ -110,7 +111,11 @@ struct ChannelsReply {
 struct PresenceAsk {
     /// The asking node (it answers for itself).
     from: String,
+    #[serde(default)]
     channel: String,
+    /// Set: the connections of this user instead of a channel's clients (`channel` empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -501,6 +506,17 @@ impl Inner {
         clients
     }
 
+    /// This node's connections of `user`, each naming this node.
+    fn local_user(&self, user: &str) -> Vec<PresenceEntry> {
+        let mut clients = self.node.user_connections(user);
+        for c in &mut clients {
+            if c.node.is_empty() {
+                c.node.clone_from(&self.local_id);
+            }
+        }
+        clients
+    }
+
     /// Applies an action asked over `P.ctl.act` (or by this node itself) here.
     fn act_here(&self, ask: &ActAsk) -> Result<u64, ClusterError> {
         match (&ask.action, ask.stored) {
@@ -702,8 +718,13 @@ async fn run(inner: Arc<Inner>) {
                         let Some(reply) = m.reply else { continue };
                         let Ok(ask) = serde_json::from_slice::<PresenceAsk>(&m.payload) else { continue };
                         if ask.from == inner.local_id { continue }
-                        let Ok(channel) = ChannelName::new(&ask.channel) else { continue };
-                        let mut clients = inner.local_presence(&channel);
+                        let (mut clients, channel) = match &ask.user {
+                            Some(user) => (inner.local_user(user), ask.channel.clone()),
+                            None => {
+                                let Ok(channel) = ChannelName::new(&ask.channel) else { continue };
+                                (inner.local_presence(&channel), ask.channel.clone())
+                            }
+                        };
                         // In parts, the last one marked: a part never nears max_payload.
                         loop {
                             let rest = clients.split_off(clients.len().min(PRESENCE_PART));
@@ -854,6 +875,40 @@ impl Cluster for NatsCluster {
         let ask = PresenceAsk {
             from: inner.local_id.clone(),
             channel: channel.as_str().to_owned(),
+            user: None,
+        };
+        let body =
+            serde_json::to_vec(&ask).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let (replies, missing) = inner
+            .gather::<PresenceReply>(
+                inner.ctl_subject("presence"),
+                body,
+                inner.live_peers(),
+                false,
+            )
+            .await?;
+        let mut parts = vec![local];
+        parts.extend(replies.into_iter().map(|r| PresenceAnswer {
+            clients: r.clients,
+            missing_nodes: Vec::new(),
+        }));
+        parts.push(PresenceAnswer {
+            clients: Vec::new(),
+            missing_nodes: missing,
+        });
+        Ok(PresenceAnswer::merge(parts))
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<PresenceAnswer, ClusterError> {
+        let inner = &self.inner;
+        let local = PresenceAnswer {
+            clients: inner.local_user(user),
+            missing_nodes: Vec::new(),
+        };
+        let ask = PresenceAsk {
+            from: inner.local_id.clone(),
+            channel: String::new(),
+            user: Some(user.to_owned()),
         };
         let body =
             serde_json::to_vec(&ask).map_err(|e| ClusterError::Unavailable(e.to_string()))?;

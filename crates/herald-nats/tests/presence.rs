@@ -106,6 +106,16 @@ impl LocalNode for TestNode {
             .cloned()
             .unwrap_or_default()
     }
+    fn user_connections(&self, user: &str) -> Vec<PresenceEntry> {
+        let mut seen = std::collections::BTreeMap::new();
+        for clients in self.presence.lock().values() {
+            for c in clients.iter().filter(|c| c.user == user) {
+                seen.insert(c.client.clone(), c.clone());
+            }
+        }
+        seen.into_values().collect()
+    }
+
     fn act(&self, action: &UserAction) -> Result<u64, ClusterError> {
         if let Some(e) = self.refuse.lock().clone() {
             return Err(e);
@@ -260,6 +270,50 @@ async fn presence_joins_every_node_and_forgets_a_dead_one() {
     let answer = a.cluster.presence(&ch("room:1")).await.unwrap();
     assert_eq!(answer.clients.len(), 3);
     assert!(answer.missing_nodes.is_empty(), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_connections_are_gathered_from_every_node() {
+    let server = server().await;
+    let a = start_node(vec![server.url()], "A", 0, 1).await;
+    let b = start_node(vec![server.url()], "B", 0, 1).await;
+    settle(&[&a, &b]).await;
+    a.node.hold("room:1", &[("a-2", "alice"), ("a-1", "bob")]);
+    a.node.hold("room:2", &[("a-2", "alice")]);
+    b.node.hold("room:9", &[("b-1", "alice"), ("b-2", "carol")]);
+    for asker in [&a, &b] {
+        let answer = asker.cluster.user_connections("alice").await.unwrap();
+        let got: Vec<(&str, &str, &str)> = answer
+            .clients
+            .iter()
+            .map(|e| (e.client.as_str(), e.user.as_str(), e.node.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("a-2", "alice", "A"), ("b-1", "alice", "B")],
+            "asked through {}",
+            asker.node.id
+        );
+        assert!(answer.missing_nodes.is_empty(), "{answer:?}");
+    }
+    assert!(
+        a.cluster
+            .user_connections("nobody")
+            .await
+            .unwrap()
+            .clients
+            .is_empty()
+    );
+    // Channel presence is unchanged by the user form of the same subject.
+    assert_eq!(
+        b.cluster
+            .presence(&ch("room:1"))
+            .await
+            .unwrap()
+            .clients
+            .len(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

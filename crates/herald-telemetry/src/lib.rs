@@ -84,7 +84,7 @@ pub const REFUSAL_REASONS: [&str; 14] = [
 
 /// The `herald.v1.Herald` methods (the `method` label of the gRPC families), each exported from
 /// start-up.
-pub const GRPC_METHODS: [&str; 15] = [
+pub const GRPC_METHODS: [&str; 16] = [
     "Publish",
     "Broadcast",
     "PublishStream",
@@ -95,6 +95,7 @@ pub const GRPC_METHODS: [&str; 15] = [
     "DrainNode",
     "Presence",
     "PresenceStats",
+    "Connections",
     "Disconnect",
     "Unsubscribe",
     "Subscribe",
@@ -103,7 +104,7 @@ pub const GRPC_METHODS: [&str; 15] = [
 ];
 
 /// The methods the HTTP/JSON API serves (every unary one), exported with `api="http"`.
-pub const HTTP_API_METHODS: [&str; 13] = [
+pub const HTTP_API_METHODS: [&str; 14] = [
     "Publish",
     "Broadcast",
     "History",
@@ -112,6 +113,7 @@ pub const HTTP_API_METHODS: [&str; 13] = [
     "DrainNode",
     "Presence",
     "PresenceStats",
+    "Connections",
     "Disconnect",
     "Unsubscribe",
     "Subscribe",

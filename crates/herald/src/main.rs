@@ -45,6 +45,8 @@ enum Command {
     Token(cli::token::TokenArgs),
     /// List a channel's clients (or count them with --stats), cluster-wide.
     Presence(cli::users::PresenceArgs),
+    /// List every connection of a user (WebSocket, SSE, held long-polls), cluster-wide.
+    Connections(cli::users::ConnectionsArgs),
     /// End every connection of a user on every node.
     Disconnect(cli::users::DisconnectArgs),
     /// Add a channel (from now) to every WebSocket and SSE connection of a user.
@@ -82,6 +84,7 @@ fn main() -> std::process::ExitCode {
             Command::Subscribe(a) => cli::subscribe::subscribe(a).await,
             Command::Token(a) => cli::token::token(a),
             Command::Presence(a) => cli::users::presence(a).await,
+            Command::Connections(a) => cli::users::connections(a).await,
             Command::Disconnect(a) => cli::users::disconnect(a).await,
             Command::SubscribeUser(a) => cli::users::subscribe_user(a).await,
             Command::UnsubscribeUser(a) => cli::users::unsubscribe_user(a).await,

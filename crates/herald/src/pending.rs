@@ -182,6 +182,13 @@ impl Cluster for PendingCluster {
         self.current().presence(channel).await
     }
 
+    async fn user_connections(
+        &self,
+        user: &str,
+    ) -> Result<herald_core::PresenceAnswer, ClusterError> {
+        self.current().user_connections(user).await
+    }
+
     async fn act(
         &self,
         action: &herald_core::UserAction,

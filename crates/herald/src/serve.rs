@@ -72,6 +72,10 @@ impl LocalNode for Node {
         })
     }
 
+    fn user_connections(&self, user: &str) -> Vec<PresenceEntry> {
+        self.edge.user_connections(user)
+    }
+
     fn deliver_event(&self, event: &PresenceEvent) {
         self.edge.deliver_event(event);
     }

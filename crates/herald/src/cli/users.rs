@@ -22,6 +22,14 @@ pub(crate) struct PresenceArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ConnectionsArgs {
+    /// User id (the token's `sub`).
+    user: String,
+    #[command(flatten)]
+    grpc: GrpcArgs,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct DisconnectArgs {
     /// User id (the token's `sub`).
     user: String,
@@ -93,6 +101,12 @@ pub(crate) async fn presence(a: PresenceArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let r = client.presence(request).await.map_err(status)?.into_inner();
+    print_clients(r);
+    Ok(())
+}
+
+/// Prints `{"clients":[..],"missing_nodes":[..]}`.
+fn print_clients(r: herald_proto::v1::PresenceResponse) {
     let clients: Vec<serde_json::Value> = r
         .clients
         .into_iter()
@@ -107,6 +121,16 @@ pub(crate) async fn presence(a: PresenceArgs) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"clients": clients, "missing_nodes": r.missing_nodes})
     );
+}
+
+pub(crate) async fn connections(a: ConnectionsArgs) -> anyhow::Result<()> {
+    let mut client = a.grpc.connect().await?;
+    let r = client
+        .connections(herald_proto::v1::ConnectionsRequest { user: a.user })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print_clients(r);
     Ok(())
 }
 
