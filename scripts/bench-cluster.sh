@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the NATS figures in docs/benchmarks.md: publish-to-delivery latency with
 # WebSocket subscribers split over 2 Herald nodes on one nats-server (publishing through node
-# 1), the same on one node, and gRPC publish throughput with JetStream file and memory
+# 1), all on node 2 (the node that does not take the publishes), the same on one node, and gRPC publish throughput with JetStream file and memory
 # storage. Servers (nats-server and Herald) share CPU 0; the load generator runs on CPU 1.
 #   scripts/bench-cluster.sh [SUBSCRIBERS] [RATE]
 set -euo pipefail
@@ -40,6 +40,10 @@ for storage in file memory; do
   timeout 300 taskset -c 1 ./target/release/herald-bench fanout --addr 127.0.0.1:28081 --addr 127.0.0.1:28082 \
     --grpc http://127.0.0.1:25051 --subscribers "$SUBS" --rate "$RATE" --duration 10s \
     --pid "$NODE1" --pid "$NODE2" --pid "$NATS_PID" --json "$OUT/cluster-fanout-$storage.json" | tail -1
+  echo "== storage=$storage: fan-out, $SUBS subscribers on node 2 only, publishes through node 1"
+  timeout 300 taskset -c 1 ./target/release/herald-bench fanout --addr 127.0.0.1:28082 \
+    --grpc http://127.0.0.1:25051 --subscribers "$SUBS" --rate "$RATE" --duration 10s \
+    --pid "$NODE1" --pid "$NODE2" --pid "$NATS_PID" --json "$OUT/remote-fanout-$storage.json" | tail -1
   echo "== storage=$storage: fan-out, $SUBS subscribers on node 1 only"
   timeout 300 taskset -c 1 ./target/release/herald-bench fanout --addr 127.0.0.1:28081 \
     --grpc http://127.0.0.1:25051 --subscribers "$SUBS" --rate "$RATE" --duration 10s \
