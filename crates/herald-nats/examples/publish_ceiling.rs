@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! cargo run --release -p herald-nats --example publish_ceiling [subjects] [seconds]
+//! CEILING_STORAGE=memory cargo run ...   # JetStream memory storage instead of file
 //! ```
 //!
 //! Figures only: nothing is asserted. Needs `/usr/sbin/nats-server`.
@@ -50,7 +51,11 @@ async fn setup(url: &str, tag: &str) -> (async_nats::Client, jetstream::Context)
                 destination: format!("l{tag}.>"),
                 headers_only: false,
             }),
-            storage: stream::StorageType::File,
+            storage: if std::env::var("CEILING_STORAGE").as_deref() == Ok("memory") {
+                stream::StorageType::Memory
+            } else {
+                stream::StorageType::File
+            },
             ..Default::default()
         })
         .await
@@ -144,7 +149,8 @@ async fn main() {
     let run = Duration::from_secs(secs);
     let server = NatsServer::start();
     let url = server.url();
-    println!("{subjects} subjects, {secs} s per shape, file storage, 100-byte payloads");
+    let storage = std::env::var("CEILING_STORAGE").unwrap_or_else(|_| "file".into());
+    println!("{subjects} subjects, {secs} s per shape, {storage} storage, 100-byte payloads");
     println!(
         "pipelined ({WINDOW} in flight): {:.0}/s",
         pipelined(&url, subjects, run).await
