@@ -21,8 +21,9 @@
       Grafana mounting deploy/grafana; every bind-mount source exists.
   chartcheck.py dockerfile DOCKERFILE CONTEXT_DIR
       Structural lint: multi-stage, the build stage runs `cargo build --release --locked -p herald`,
-      every COPY source exists in the context, the final USER is numeric and non-root, EXPOSE
-      lists 8080 50051 9464, ENTRYPOINT/CMD run herald.
+      every COPY source exists in the context, every file a crate embeds (include_str!) is
+      copied into the build stage, the final USER is numeric and non-root, EXPOSE lists 8080
+      8081 50051 9464, ENTRYPOINT/CMD run herald.
 """
 import json
 import os
@@ -270,7 +271,23 @@ def cmd_dockerfile(dockerfile, context):
             errors.append(f"USER {user}: use a numeric uid so Kubernetes can check runAsNonRoot")
         elif int(uid) == 0:
             errors.append("USER is root")
-    want = {"8080", "50051", "9464"}
+    # Files the build embeds (include_str!/include_bytes! in the crates) must be in the build
+    # stage: a path outside every COPY source fails `cargo build` in the image only.
+    build_srcs = [os.path.normpath(src) for idx, flags, srcs, _ in copies if idx == 0
+                  and not any(f.startswith("--from=") for f in flags) for src in srcs]
+    for root, _, files in os.walk(os.path.join(context, "crates")):
+        for f in files:
+            if not f.endswith(".rs"):
+                continue
+            path = os.path.join(root, f)
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+            for inc in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', text):
+                target = os.path.normpath(os.path.relpath(os.path.join(root, inc), context))
+                if not any(target == s or target.startswith(s + os.sep) for s in build_srcs):
+                    errors.append(f"{os.path.relpath(path, context)} embeds {target}, which no COPY of the build stage brings in")
+    # Clients, the HTTP/JSON API, gRPC, admin.
+    want = {"8080", "8081", "50051", "9464"}
     if exposed != want:
         errors.append(f"EXPOSE lists {sorted(exposed)}, want {sorted(want)}")
     argv = (entry or []) + (cmd or [])
