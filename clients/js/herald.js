@@ -105,6 +105,7 @@ export class Subscription extends EventTarget {
     this._ti = 0; // index in options.transports
     this._ui = 0; // index in urls
     this._failures = 0; // consecutive failed attempts, for backoff
+    this._drains = 0; // consecutive drains without a connection in between, for backoff
     this._conn = null; // { close(), send?(cmd) }
     this._timer = null;
     this._gen = 0; // bumps on every attempt; callbacks of old attempts are ignored
@@ -302,6 +303,7 @@ export class Subscription extends EventTarget {
         if (this._connected) return;
         this._connected = true;
         this._failures = 0;
+        this._drains = 0;
         clearTimeout(this._timer);
         this._setState("connected");
         if (this._ti > 0 && this.options.climbInterval > 0)
@@ -362,9 +364,12 @@ export class Subscription extends EventTarget {
     this._stop();
     if (how === "slow") return this._schedule(0);
     if (wasConnected || how === "drain") {
-      // It worked and stopped: the node went away. Same transport, next node.
+      // It worked and stopped: the node went away. Same transport, next node: at once after
+      // a drain, but with backoff when drains follow each other without a connection in
+      // between (every node left in the list is draining, or one URL leads to it again).
       this._ui = (this._ui + 1) % this.urls.length;
-      return this._schedule(how === "drain" ? 0 : this._failures++);
+      if (how === "drain") return this._schedule(this._drains++);
+      return this._schedule(this._failures++);
     }
     // Never subscribed: this transport is blocked here, or the node is down. Next transport;
     // after the last one, the next node from the best transport, with backoff.
@@ -581,9 +586,9 @@ function poll(sub, h, long) {
       for (const m of reply.messages || []) h.message(m);
       // `cursor`: a consistent cut over the request's channels (a cursor or a token).
       h.positions(reply.cursor, channels);
-      h.subscribed();
       // The node is draining: go on from these positions on another node.
       if (reply.reconnect === "draining") return h.end("drain");
+      h.subscribed();
       const more = (reply.messages || []).length >= 1000;
       if (!long && !more) await new Promise((ok) => (timer = setTimeout(ok, sub.options.pollInterval)));
     }

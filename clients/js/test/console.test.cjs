@@ -340,6 +340,23 @@ H.main(170000, async () => {
     // Polls too: a draining node's poll replies say `"reconnect":"draining"`, and the SDK
     // polls the next node from the reply's cursor.
     for (const t of PROTOCOLS) same(where[t], c1.url, `${t} client's node after the drain`);
+    // A client whose only URL is the draining node: its polls back off instead of looping
+    // (a reply saying "reconnect":"draining" counts toward the backoff until a connection
+    // to a node that is not draining).
+    const lone = await ctx.newPage();
+    let polls = 0;
+    lone.on("request", (r) => new URL(r.url()).port === String(c2.port) && new URL(r.url()).pathname === "/poll" && polls++);
+    await lone.goto(`${c1.url}/?${new URLSearchParams({ channel: "pub:page", transports: "poll", poll: 600000 })}`);
+    await lone.waitForFunction(() => window.heraldDemo && window.heraldDemo.sub, null, { timeout: 10000 });
+    await lone.evaluate(() => window.heraldDemo.sub.close());
+    polls = 0;
+    await lone.evaluate(async ([url, channel]) => {
+      const { subscribe } = await import("/herald.js");
+      window.lone = subscribe([url], [channel], { transports: ["longpoll"], backoffMin: 100, backoffMax: 1000 });
+    }, [c2.url, CH]);
+    await sleep(3000);
+    await lone.evaluate(() => window.lone.close());
+    expect(polls > 0 && polls < 25, `a lone long-poll client polled the draining node ${polls} times in 3 s`);
     await shot(page, "cluster-draining");
   });
 
