@@ -985,3 +985,59 @@ pub fn poll_cursor(body: &Value) -> String {
     cursor(&c);
     c
 }
+
+/// A running `hook_backend` process (the scripted application backend of the hook tests,
+/// `tests/src/bin/hook_backend.rs`): its HTTP and gRPC addresses; killed on drop.
+pub struct HookBackend {
+    /// The process (its stdin is piped: closing it stops the backend).
+    pub child: std::process::Child,
+    /// `host:port` of its HTTP hook endpoint (and `/calls`).
+    pub http: String,
+    /// `host:port` of its gRPC hook endpoint.
+    pub grpc: String,
+}
+
+impl HookBackend {
+    /// Starts `bin` (the test's `env!("CARGO_BIN_EXE_hook_backend")`) on free ports.
+    pub fn start(bin: &str) -> HookBackend {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning hook_backend");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("hook_backend's stdout"))
+            .read_line(&mut line)
+            .expect("reading hook_backend's address line");
+        let addrs: Value = serde_json::from_str(&line).expect("hook_backend prints one JSON line");
+        HookBackend {
+            http: addrs["http"].as_str().expect("http address").to_owned(),
+            grpc: addrs["grpc"].as_str().expect("grpc address").to_owned(),
+            child,
+        }
+    }
+
+    /// The calls it received, oldest first (`GET /calls`).
+    pub async fn calls(&self) -> Vec<Value> {
+        let (_, _, body) = get(&format!("http://{}/calls", self.http), &[]).await;
+        body.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Forgets the calls received so far (`DELETE /calls`).
+    pub async fn forget(&self) {
+        http_client()
+            .delete(format!("http://{}/calls", self.http))
+            .send()
+            .await
+            .expect("DELETE /calls");
+    }
+}
+
+impl Drop for HookBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,11 +2,9 @@
 //! end-to-end tests use): Herald's hook client (`herald_hooks::Hooks`) calls it over HTTP and
 //! gRPC, and `GET /calls` tells what it received. The process exits when its stdin closes.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+use herald_e2e::HookBackend;
 
 use herald_hooks::{
     ClientContext, ConnectAnswer, ConnectCall, Decision, HookConfig, HookError, HookTarget, Hooks,
@@ -14,37 +12,8 @@ use herald_hooks::{
 };
 use serde_json::{Value, json, value::RawValue};
 
-/// The running process; killed on drop if still there.
-struct HookBackend {
-    child: Child,
-    http: String,
-    grpc: String,
-}
-
-impl Drop for HookBackend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start() -> HookBackend {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hook_backend"))
-        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawning hook_backend");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("reading hook_backend's address line");
-    let addrs: Value = serde_json::from_str(&line).expect("hook_backend prints one JSON line");
-    HookBackend {
-        http: addrs["http"].as_str().unwrap().to_owned(),
-        grpc: addrs["grpc"].as_str().unwrap().to_owned(),
-        child,
-    }
+    HookBackend::start(env!("CARGO_BIN_EXE_hook_backend"))
 }
 
 fn ctx(traceparent: &str) -> ClientContext {

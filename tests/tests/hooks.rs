@@ -5,62 +5,15 @@
 //! backend that is down, and one answering garbage each give their documented refusal, and the
 //! node stays healthy.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use herald_e2e::{Node, SseClient, WsClient, get, metric_value, post};
+use herald_e2e::{HookBackend, Node, SseClient, WsClient, get, metric_value, post};
 use serde_json::{Value, json};
 
-/// The running backend process; killed on drop.
-struct Backend {
-    child: Child,
-    http: String,
-    grpc: String,
-}
+type Backend = HookBackend;
 
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Backend {
-    fn start() -> Backend {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hook_backend"))
-            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawning hook_backend");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("reading hook_backend's addresses");
-        let addrs: Value = serde_json::from_str(&line).expect("one JSON line");
-        Backend {
-            http: addrs["http"].as_str().expect("http").to_owned(),
-            grpc: addrs["grpc"].as_str().expect("grpc").to_owned(),
-            child,
-        }
-    }
-
-    /// The calls it received, oldest first.
-    async fn calls(&self) -> Vec<Value> {
-        let (_, _, body) = get(&format!("http://{}/calls", self.http), &[]).await;
-        body.as_array().cloned().unwrap_or_default()
-    }
-
-    async fn forget(&self) {
-        reqwest::Client::new()
-            .delete(format!("http://{}/calls", self.http))
-            .send()
-            .await
-            .expect("DELETE /calls");
-    }
+fn backend() -> Backend {
+    HookBackend::start(env!("CARGO_BIN_EXE_hook_backend"))
 }
 
 /// `app`: subscribe and publish hooks; `open`: client publishes without hooks.
@@ -115,7 +68,7 @@ async fn ask(c: &mut WsClient, mut cmd: Value, id: &str) -> Value {
 
 #[tokio::test]
 async fn connect_hook_allows_names_and_refuses_on_every_transport() {
-    let b = Backend::start();
+    let b = backend();
     let dir = config();
     for (kind, node) in nodes(&b, &dir).await {
         // The backend names the user from the token it was given (`as:alice`): later calls
@@ -222,7 +175,7 @@ async fn connect_hook_allows_names_and_refuses_on_every_transport() {
 
 #[tokio::test]
 async fn subscribe_hook_decides_in_its_namespace_only() {
-    let b = Backend::start();
+    let b = backend();
     let dir = config();
     for (kind, node) in nodes(&b, &dir).await {
         let mut c = WsClient::connect(&node, "token=as:carol").await;
@@ -271,7 +224,7 @@ async fn subscribe_hook_decides_in_its_namespace_only() {
 
 #[tokio::test]
 async fn publish_hook_allows_modifies_takes_over_or_refuses() {
-    let b = Backend::start();
+    let b = backend();
     let dir = config();
     for (kind, node) in nodes(&b, &dir).await {
         let ch = format!("app:pub-{kind}");
@@ -364,7 +317,7 @@ async fn publish_hook_allows_modifies_takes_over_or_refuses() {
 
 #[tokio::test]
 async fn rpc_goes_to_the_backend_and_back_on_the_same_socket() {
-    let b = Backend::start();
+    let b = backend();
     let dir = config();
     for (kind, node) in nodes(&b, &dir).await {
         let mut c = WsClient::connect(&node, "token=as:erin").await;

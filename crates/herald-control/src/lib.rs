@@ -600,21 +600,7 @@ impl Herald for HeraldService {
     ) -> Result<Response<PresenceResponse>, Status> {
         self.unary("Presence", request, |req| async move {
             let answer = self.presence_of(&req.channel).await?;
-            Ok(PresenceResponse {
-                clients: answer
-                    .clients
-                    .into_iter()
-                    .map(|c| PresenceClient {
-                        client: c.client,
-                        user: c.user,
-                        info: c.info.unwrap_or_default(),
-                        node: c.node,
-                        protocol: c.protocol,
-                        since_unix_ms: c.since_unix_ms,
-                    })
-                    .collect(),
-                missing_nodes: answer.missing_nodes,
-            })
+            Ok(presence_response(answer))
         })
         .await
     }
@@ -630,21 +616,7 @@ impl Herald for HeraldService {
                 .user_connections(&user)
                 .await
                 .map_err(cluster_status)?;
-            Ok(PresenceResponse {
-                clients: answer
-                    .clients
-                    .into_iter()
-                    .map(|c| PresenceClient {
-                        client: c.client,
-                        user: c.user,
-                        info: c.info.unwrap_or_default(),
-                        node: c.node,
-                        protocol: c.protocol,
-                        since_unix_ms: c.since_unix_ms,
-                    })
-                    .collect(),
-                missing_nodes: answer.missing_nodes,
-            })
+            Ok(presence_response(answer))
         })
         .await
     }
@@ -775,6 +747,25 @@ impl HeraldService {
             connections: answer.connections,
             missing_nodes: answer.missing_nodes,
         })
+    }
+}
+
+/// A presence answer (a channel's clients, or a user's connections) as its protobuf.
+fn presence_response(answer: herald_core::PresenceAnswer) -> PresenceResponse {
+    PresenceResponse {
+        clients: answer
+            .clients
+            .into_iter()
+            .map(|c| PresenceClient {
+                client: c.client,
+                user: c.user,
+                info: c.info.unwrap_or_default(),
+                node: c.node,
+                protocol: c.protocol,
+                since_unix_ms: c.since_unix_ms,
+            })
+            .collect(),
+        missing_nodes: answer.missing_nodes,
     }
 }
 

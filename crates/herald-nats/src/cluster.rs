@@ -506,6 +506,32 @@ impl Inner {
         clients
     }
 
+    /// `local` joined with every other node's answer to `ask` on `P.ctl.presence`; the nodes
+    /// that did not answer in time are listed as missing.
+    async fn gather_presence(
+        &self,
+        local: Vec<PresenceEntry>,
+        ask: &PresenceAsk,
+    ) -> Result<PresenceAnswer, ClusterError> {
+        let body = serde_json::to_vec(ask).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let (replies, missing) = self
+            .gather::<PresenceReply>(self.ctl_subject("presence"), body, self.live_peers(), false)
+            .await?;
+        let mut parts = vec![PresenceAnswer {
+            clients: local,
+            missing_nodes: Vec::new(),
+        }];
+        parts.extend(replies.into_iter().map(|r| PresenceAnswer {
+            clients: r.clients,
+            missing_nodes: Vec::new(),
+        }));
+        parts.push(PresenceAnswer {
+            clients: Vec::new(),
+            missing_nodes: missing,
+        });
+        Ok(PresenceAnswer::merge(parts))
+    }
+
     /// This node's connections of `user`, each naming this node.
     fn local_user(&self, user: &str) -> Vec<PresenceEntry> {
         let mut clients = self.node.user_connections(user);
@@ -868,68 +894,24 @@ impl Cluster for NatsCluster {
 
     async fn presence(&self, channel: &ChannelName) -> Result<PresenceAnswer, ClusterError> {
         let inner = &self.inner;
-        let local = PresenceAnswer {
-            clients: inner.local_presence(channel),
-            missing_nodes: Vec::new(),
-        };
         let ask = PresenceAsk {
             from: inner.local_id.clone(),
             channel: channel.as_str().to_owned(),
             user: None,
         };
-        let body =
-            serde_json::to_vec(&ask).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let (replies, missing) = inner
-            .gather::<PresenceReply>(
-                inner.ctl_subject("presence"),
-                body,
-                inner.live_peers(),
-                false,
-            )
-            .await?;
-        let mut parts = vec![local];
-        parts.extend(replies.into_iter().map(|r| PresenceAnswer {
-            clients: r.clients,
-            missing_nodes: Vec::new(),
-        }));
-        parts.push(PresenceAnswer {
-            clients: Vec::new(),
-            missing_nodes: missing,
-        });
-        Ok(PresenceAnswer::merge(parts))
+        inner
+            .gather_presence(inner.local_presence(channel), &ask)
+            .await
     }
 
     async fn user_connections(&self, user: &str) -> Result<PresenceAnswer, ClusterError> {
         let inner = &self.inner;
-        let local = PresenceAnswer {
-            clients: inner.local_user(user),
-            missing_nodes: Vec::new(),
-        };
         let ask = PresenceAsk {
             from: inner.local_id.clone(),
             channel: String::new(),
             user: Some(user.to_owned()),
         };
-        let body =
-            serde_json::to_vec(&ask).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let (replies, missing) = inner
-            .gather::<PresenceReply>(
-                inner.ctl_subject("presence"),
-                body,
-                inner.live_peers(),
-                false,
-            )
-            .await?;
-        let mut parts = vec![local];
-        parts.extend(replies.into_iter().map(|r| PresenceAnswer {
-            clients: r.clients,
-            missing_nodes: Vec::new(),
-        }));
-        parts.push(PresenceAnswer {
-            clients: Vec::new(),
-            missing_nodes: missing,
-        });
-        Ok(PresenceAnswer::merge(parts))
+        inner.gather_presence(inner.local_user(user), &ask).await
     }
 
     async fn act(&self, action: &UserAction) -> Result<ActionAnswer, ClusterError> {
