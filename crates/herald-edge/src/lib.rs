@@ -9,6 +9,7 @@ mod assets;
 mod auth;
 mod conn;
 mod deliver;
+mod direct;
 mod error;
 mod hooks;
 mod hub;
@@ -639,15 +640,24 @@ async fn sse_route(
     RawQuery(query): RawQuery,
     kill: Option<axum::Extension<ConnKill>>,
     addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    sink: Option<axum::Extension<Arc<direct::DirectSink>>>,
     headers: HeaderMap,
 ) -> Response {
     let ip = addr.map(|axum::Extension(ConnectInfo(a))| a.ip());
-    sse::handle(edge.clone(), query, headers, ConnKill::token(kill), ip)
-        .await
-        .unwrap_or_else(|e| {
-            edge.metrics.refuse(e.refusal());
-            e.into_response()
-        })
+    let sink = sink.map(|axum::Extension(s)| s);
+    sse::handle(
+        edge.clone(),
+        query,
+        headers,
+        ConnKill::token(kill),
+        ip,
+        sink,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        edge.metrics.refuse(e.refusal());
+        e.into_response()
+    })
 }
 
 async fn poll_route(

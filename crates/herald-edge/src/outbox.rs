@@ -4,11 +4,18 @@
 //! When full, the queue closes itself with [`Closed::SlowConsumer`]: the hub never waits for a
 //! slow client, and the client resumes from its last cursor without loss.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Weak},
+};
 
-use herald_core::{ChannelName, Message, PresenceEvent, Protocol};
+use herald_core::{ChannelName, Cursor, Message, PresenceEvent, Protocol};
+use herald_telemetry::Metrics;
 
-use crate::identity::Client;
+use crate::{
+    direct::{DirectSink, Sent},
+    identity::Client,
+};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -81,6 +88,19 @@ struct State {
     closed: Option<Closed>,
     /// When it closed: a connection still open long after is stuck and gets reaped.
     closed_at: Option<tokio::time::Instant>,
+    /// The socket the fan-out may write to directly (SSE streams served by `rawsse`).
+    direct: Option<Box<Direct>>,
+}
+
+/// A connection the fan-out may write to (see [`crate::direct`]).
+struct Direct {
+    sink: Weak<DirectSink>,
+    metrics: Arc<Metrics>,
+    /// Set while the connection's task waits for items with nothing pending and one channel
+    /// whose events are the shared encoding: that channel and its position.
+    parked: Option<(ChannelName, Cursor)>,
+    /// The newest message written directly since the task last looked.
+    written: Option<Arc<Message>>,
 }
 
 impl Outbox {
@@ -97,6 +117,7 @@ impl Outbox {
                 bytes: 0,
                 closed: None,
                 closed_at: None,
+                direct: None,
             }),
             notify: Notify::new(),
             limit,
@@ -111,6 +132,12 @@ impl Outbox {
         let mut s = self.state.lock();
         if s.closed.is_some() {
             return false;
+        }
+        if s.items.is_empty()
+            && let (Item::Message(m), Some(direct)) = (&item, &mut s.direct)
+            && direct.send(m)
+        {
+            return true;
         }
         let size = item.size();
         if s.bytes + size > self.limit {
@@ -156,6 +183,47 @@ impl Outbox {
             .is_some_and(|t| t.elapsed() > grace)
     }
 
+    /// Lets the fan-out write this connection's live messages to `sink` while its task is
+    /// parked (see [`Self::next_batch_parked`]).
+    pub(crate) fn attach(&self, sink: Weak<DirectSink>, metrics: Arc<Metrics>) {
+        self.state.lock().direct = Some(Box::new(Direct {
+            sink,
+            metrics,
+            parked: None,
+            written: None,
+        }));
+    }
+
+    /// Ends direct writes (the task is no longer parked), and returns the newest message
+    /// written directly since the last call: the connection's position is now at it.
+    pub(crate) fn unpark(&self) -> Option<Arc<Message>> {
+        let mut s = self.state.lock();
+        let direct = s.direct.as_mut()?;
+        direct.parked = None;
+        direct.written.take()
+    }
+
+    /// [`Self::next_batch`] for a task with nothing pending: while it waits, the fan-out
+    /// writes messages of `channel` after `position` straight to the attached socket. The
+    /// caller must call [`Self::unpark`] once it stops waiting, whatever woke it.
+    pub(crate) async fn next_batch_parked(
+        &self,
+        out: &mut Vec<Item>,
+        channel: ChannelName,
+        position: Cursor,
+    ) -> Result<usize, Closed> {
+        {
+            let mut s = self.state.lock();
+            if s.items.is_empty()
+                && s.closed.is_none()
+                && let Some(direct) = s.direct.as_mut()
+            {
+                direct.parked = Some((channel, position));
+            }
+        }
+        self.next_batch(out).await
+    }
+
     /// Waits for items, then moves all of them into `out` and returns how many bytes they
     /// held (the queue depth the writer found). Returns the close reason instead once closed
     /// (queued items are then dropped: the client resumes from its cursor).
@@ -163,6 +231,13 @@ impl Outbox {
         loop {
             {
                 let mut s = self.state.lock();
+                let s = &mut *s;
+                if s.closed.is_some() || !s.items.is_empty() {
+                    // The task runs again: no direct write until it parks anew.
+                    if let Some(direct) = s.direct.as_mut() {
+                        direct.parked = None;
+                    }
+                }
                 if let Some(reason) = &s.closed {
                     return Err(reason.clone());
                 }
@@ -177,6 +252,35 @@ impl Outbox {
             }
             self.notify.notified().await;
         }
+    }
+}
+
+impl Direct {
+    /// Writes `m` to the socket if the task is parked on its channel; true when the message
+    /// needs nothing more from the outbox (written, or at or before the position).
+    fn send(&mut self, m: &Arc<Message>) -> bool {
+        let Some((channel, position)) = &mut self.parked else {
+            return false;
+        };
+        if m.channel != *channel {
+            return false;
+        }
+        if m.cursor <= *position {
+            // The session would drop it: already delivered.
+            return true;
+        }
+        let Some(sink) = self.sink.upgrade() else {
+            return false;
+        };
+        if sink.try_send(m.sse_event()) == Sent::No {
+            return false;
+        }
+        *position = m.cursor;
+        self.written = Some(m.clone());
+        self.metrics.direct_writes.inc();
+        self.metrics
+            .delivered(Protocol::Sse, m.published_us, herald_core::unix_micros());
+        true
     }
 }
 

@@ -8,23 +8,20 @@
 //! then copies body chunks straight to the socket with chunked framing. Everything else goes
 //! to hyper untouched.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{Router, body::Body, extract::ConnectInfo};
 use bytes::{BufMut, BytesMut};
 use futures_util::FutureExt;
 use http::Response;
 use http_body_util::BodyExt;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    time::Instant,
-};
+use tokio::{net::TcpStream, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::{
     ConnKill,
+    direct::DirectSink,
     limits::{Admission, RATE_LIMITED, SocketSlot, write_refusal},
     rawhttp::{self, Framing},
 };
@@ -76,25 +73,31 @@ pub(crate) async fn serve(
             return;
         }
     };
+    // The socket is shared with the fan-out's direct writes (see `direct`), which hold it
+    // weakly: it closes when this function drops it.
+    let sink = Arc::new(DirectSink::new(stream, !http10));
     request.extensions_mut().insert(ConnectInfo(client));
     request.extensions_mut().insert(ConnKill(kill.clone()));
+    request.extensions_mut().insert(sink.clone());
     let response = match router.oneshot(request).await {
         Ok(r) => r,
         Err(e) => match e {},
     };
     tokio::select! {
-        () = write_response(&mut stream, response, http10) => {}
+        () = write_response(&sink, response, http10) => {}
         // Stuck writing to a client that stopped reading: drop the connection.
         () = kill.cancelled() => {}
     }
-    drop(stream);
+    drop(sink);
     drop(slot);
 }
 
-async fn write_response(stream: &mut TcpStream, response: Response<Body>, http10: bool) {
+async fn write_response(sink: &DirectSink, response: Response<Body>, http10: bool) {
     let (parts, body) = response.into_parts();
     let exact = http_body::Body::size_hint(&body).exact();
     let chunked = exact.is_none() && !http10;
+    // Direct writes frame as the stream does; a response of known length takes none.
+    let direct = chunked == sink.chunked();
     let mut head = BytesMut::with_capacity(512);
     let framing = match exact {
         Some(len) => Framing::Length(len),
@@ -110,24 +113,49 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, http10
         framing,
     );
     drop(parts);
-    if stream.write_all(&head).await.is_err() {
+    if sink.write_all(&head).await.is_err() {
         return;
     }
     drop(head);
     let mut body = body;
-    let mut sink = [0u8; 64];
+    let mut ignored = [0u8; 64];
     let mut out = BytesMut::new();
     let mut ended = false;
-    while !ended {
+    loop {
+        if !out.is_empty() {
+            if sink.write_all(&out).await.is_err() {
+                return;
+            }
+            out = BytesMut::new();
+        }
+        if ended {
+            break;
+        }
+        // Nothing unwritten here: direct writes may go, unless one left its end to send.
+        if direct && let Some(rest) = sink.flushed() {
+            out.put_slice(&rest);
+            continue;
+        }
         let frame = tokio::select! {
             frame = body.frame() => frame,
             // The client sends nothing after its request: a read returning means it closed
             // the connection (or sent bytes we ignore), so an idle stream notices at once.
-            read = stream.read(&mut sink) => match read {
+            read = sink.read(&mut ignored) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => continue,
             },
+            () = sink.leftover(), if direct => {
+                if let Some(rest) = sink.begin_write() {
+                    out.put_slice(&rest);
+                }
+                continue;
+            }
         };
+        // The socket is this loop's until it has written what it takes now; a direct write's
+        // unsent end goes first.
+        if let Some(rest) = sink.begin_write() {
+            out.put_slice(&rest);
+        }
         // Everything already queued goes out in one write: under load, one syscall carries
         // many events (as the WebSocket path batches frames).
         let mut next = Some(frame);
@@ -157,15 +185,10 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, http10
             }
             next = body.frame().now_or_never();
         }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out = BytesMut::new();
-        }
     }
+    sink.begin_write();
     if chunked {
-        let _ = stream.write_all(b"0\r\n\r\n").await;
+        let _ = sink.write_all(b"0\r\n\r\n").await;
     }
-    let _ = stream.shutdown().await;
+    let _ = socket2::SockRef::from(sink.stream()).shutdown(std::net::Shutdown::Write);
 }

@@ -489,6 +489,15 @@ impl Session {
         herald_core::position::encode_with(&self.positions, Some(hash))
     }
 
+    /// The one channel and its position, when the stream has one channel and its events carry
+    /// the message's own id (not pinned to a channel set).
+    pub(crate) fn sole_position(&self) -> Option<(ChannelName, Cursor)> {
+        if self.positions.len() != 1 || self.is_pinned() {
+            return None;
+        }
+        self.positions.iter().next().map(|(c, p)| (c.clone(), *p))
+    }
+
     /// How many channels are subscribed.
     pub(crate) fn channel_count(&self) -> usize {
         self.positions.len()

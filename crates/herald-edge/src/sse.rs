@@ -18,6 +18,7 @@ use tokio::time::{Instant, Interval};
 use crate::{
     EdgeError, EdgeInner,
     deliver::{self, Ending},
+    direct::DirectSink,
     outbox::Item,
     params,
     session::{Catchup, Session, Step},
@@ -100,6 +101,7 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     kill: tokio_util::sync::CancellationToken,
     ip: Option<std::net::IpAddr>,
+    sink: Option<Arc<DirectSink>>,
 ) -> Result<Response, EdgeError> {
     if edge.is_draining() {
         return Err(EdgeError::Draining);
@@ -142,6 +144,10 @@ pub(crate) async fn handle(
         who.as_ref(),
         id,
     )?;
+    if let Some(sink) = &sink {
+        reg.outbox
+            .attach(Arc::downgrade(sink), edge.metrics.clone());
+    }
     let mut session = Session::new(edge.clone(), reg);
     let catchup = session.subscribe(&query.channels, &query.since).await?;
 
@@ -206,11 +212,46 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            r = outbox.next_batch(&mut st.batch) => match r {
+        // Nothing pending: with one channel (its events the shared encoding), the fan-out
+        // may write live messages straight to the socket while this waits (`direct`).
+        let next =
+            match st.session.sole_position() {
+                Some((channel, at)) => futures_util::future::Either::Left(
+                    outbox.next_batch_parked(&mut st.batch, channel, at),
+                ),
+                None => futures_util::future::Either::Right(outbox.next_batch(&mut st.batch)),
+            };
+        let r = tokio::select! {
+            r = next => Some(r),
+            () = expiry => {
+                end(&mut st, Ending::TokenExpired);
+                None
+            }
+            _ = st.heartbeat.tick() => {
+                st.pending.push_back(Bytes::from_static(b": heartbeat\n\n"));
+                None
+            }
+        };
+        // Whatever woke it, direct writes stop here; the session's position takes in what
+        // they wrote (every queued item is newer).
+        if let Some(written) = outbox.unpark() {
+            st.session.record(&written);
+        }
+        match r {
+            None => {}
+            Some(r) => match r {
                 Ok(bytes) => {
-                    st.session.edge.metrics.outbox_queued_bytes.observe(bytes as f64);
-                    let Stream { session, batch, pending, .. } = &mut st;
+                    st.session
+                        .edge
+                        .metrics
+                        .outbox_queued_bytes
+                        .observe(bytes as f64);
+                    let Stream {
+                        session,
+                        batch,
+                        pending,
+                        ..
+                    } = &mut st;
                     let mut added = Vec::new();
                     deliver::live(session, Protocol::Sse, batch, |s, step| {
                         if let Step::Subscribe(c) = step {
@@ -224,8 +265,6 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
                 }
                 Err(closed) => end(&mut st, Ending::of(closed)),
             },
-            () = expiry => end(&mut st, Ending::TokenExpired),
-            _ = st.heartbeat.tick() => st.pending.push_back(Bytes::from_static(b": heartbeat\n\n")),
         }
     }
 }

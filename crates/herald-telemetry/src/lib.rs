@@ -189,6 +189,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Bytes in a connection's outbound queue each time its writer drains it.
     pub outbox_queued_bytes: Histogram,
+    /// Live messages the fan-out wrote straight to an idle stream's socket (also counted in
+    /// `messages_delivered`).
+    pub direct_writes: IntCounter,
     /// Which broker this node uses (one series at 1, the others at 0).
     pub broker_info: IntGaugeVec,
     /// The backend hooks' families ([`hooks`]), handed to herald-hooks.
@@ -292,6 +295,10 @@ impl Metrics {
             broker_publish_duration: histogram(
                 "herald_broker_publish_duration_seconds",
                 "Duration of broker publish calls.",
+            )?,
+            direct_writes: counter(
+                "herald_direct_writes_total",
+                "Live messages the fan-out wrote straight to an idle SSE stream's socket, without waking its connection (also counted in herald_messages_delivered_total).",
             )?,
             history_reads: counter(
                 "herald_history_reads_total",
