@@ -181,7 +181,7 @@ async fn follow(node: &Node, ch: String, want: usize, slow: bool) -> (Vec<u64>, 
                     }
                     got.push(cursor);
                     last = id;
-                    if slow && got.len() % 25 == 0 {
+                    if slow && got.len().is_multiple_of(25) {
                         // Stop reading for a while: the socket fills, direct writes block or
                         // go out in part, the outbox takes over, and may overflow.
                         tokio::time::sleep(Duration::from_millis(200)).await;
