@@ -1,11 +1,12 @@
-//! One-channel SSE streams whose live events the fan-out writes straight to the socket
-//! (`herald-edge/src/direct.rs`), under the conditions that make such writes hard: clients with
+//! One-channel SSE streams and WebSockets whose live messages the fan-out writes straight to
+//! the socket (`herald-edge/src/direct.rs`), under the conditions that make such writes hard: clients with
 //! small receive buffers that read slowly (so direct writes would block or go out in part),
 //! events larger than those buffers, six publishers at once, heartbeats every 100 ms racing
 //! the fan-out, and slow consumers dropped and resuming with `Last-Event-ID`.
 //!
-//! Every byte is checked: the chunked framing, each event's lines, each payload's own length
-//! and content, and per client every message once, in cursor order, with nothing skipped.
+//! Every byte is checked: the chunked framing and each event's lines (SSE), each frame
+//! (WebSocket: tungstenite refuses a torn one), each payload's own length and content, and per
+//! client every message once, in cursor order, with nothing skipped.
 
 use std::time::Duration;
 
@@ -158,8 +159,86 @@ impl Stream {
     }
 }
 
-/// Follows `ch` until `want` messages, resuming after every ending; returns the cursors in
-/// the order received and how many times the stream was resumed.
+/// Checks one message (its id, and its payload against `pad`) and appends its cursor; true
+/// once `want` are in.
+fn take(got: &mut Vec<u64>, v: &Value, want: usize) -> bool {
+    let cursor: u64 = v["id"].as_str().expect("id").parse().expect("id");
+    let d = &v["data"];
+    let (p, n) = (d["p"].as_u64().expect("p"), d["n"].as_u64().expect("n"));
+    assert_eq!(d["pad"].as_str(), Some(pad(p, n).as_str()), "payload");
+    if let Some(&prev) = got.last() {
+        assert!(cursor > prev, "cursor {cursor} after {prev}: out of order");
+    }
+    got.push(cursor);
+    got.len() == want
+}
+
+/// A slow client stops reading for a while every 25 messages: the socket fills, direct
+/// writes block or go out in part, the outbox takes over, and may overflow.
+async fn pause(slow: bool, got: &[u64]) {
+    if slow && got.len().is_multiple_of(25) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Follows `ch` over WebSocket until `want` messages, resuming after every ending; returns
+/// the cursors in the order received and how many times it resumed.
+async fn follow_ws(node: &Node, ch: String, want: usize, slow: bool) -> (Vec<u64>, usize) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let mut got: Vec<u64> = Vec::new();
+    let mut resumes = 0;
+    loop {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket
+            .connect_timeout(&node.http.into(), Duration::from_secs(5))
+            .expect("connect");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let tcp = TcpStream::from_std(socket.into()).expect("tokio socket");
+        let (mut ws, _) = tokio_tungstenite::client_async(node.ws_url(), tcp)
+            .await
+            .expect("handshake");
+        let since = got.last().map_or(json!(null), |c| json!(c.to_string()));
+        let sub = json!({"op": "subscribe", "channels": [ch], "since": since});
+        ws.send(Message::text(sub.to_string()))
+            .await
+            .expect("subscribe");
+        loop {
+            let next = within(Duration::from_secs(30), "a frame", ws.next()).await;
+            let text = match next {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => continue,
+                // The server drops a client that stopped reading without a closing handshake.
+                Some(Err(Error::Protocol(
+                    tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )))
+                | Some(Err(Error::Io(_))) => break,
+                Some(Err(e)) => panic!("torn WebSocket stream: {e}"),
+            };
+            let v: Value = serde_json::from_str(text.as_str())
+                .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"));
+            match v["type"].as_str() {
+                Some("subscribed") => {}
+                Some("message") => {
+                    if take(&mut got, &v, want) {
+                        return (got, resumes);
+                    }
+                    pause(slow, &got).await;
+                }
+                Some("error") => assert_eq!(v["code"], "slow_consumer", "{v}"),
+                _ => panic!("unexpected frame {v}"),
+            }
+        }
+        resumes += 1;
+        assert!(resumes < 200, "resumed 200 times");
+    }
+}
+
+/// Follows `ch` over SSE until `want` messages, resuming after every ending; returns the
+/// cursors in the order received and how many times the stream was resumed.
 async fn follow(node: &Node, ch: String, want: usize, slow: bool) -> (Vec<u64>, usize) {
     let mut got: Vec<u64> = Vec::new();
     let mut last: Option<String> = None;
@@ -204,8 +283,23 @@ async fn follow(node: &Node, ch: String, want: usize, slow: bool) -> (Vec<u64>, 
     (got, resumes)
 }
 
+#[derive(Clone, Copy)]
+enum Protocol {
+    Sse,
+    WebSocket,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_written_sse_streams_stay_whole_exact_and_in_order() {
+    fan_out_written_streams_stay_whole_exact_and_in_order(Protocol::Sse).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_written_websockets_stay_whole_exact_and_in_order() {
+    fan_out_written_streams_stay_whole_exact_and_in_order(Protocol::WebSocket).await;
+}
+
+async fn fan_out_written_streams_stay_whole_exact_and_in_order(protocol: Protocol) {
     let node = Node::start(&[
         ("HERALD_HISTORY_SIZE", "5000"),
         ("HERALD_SSE_HEARTBEAT", "100ms"),
@@ -219,7 +313,10 @@ async fn fan_out_written_sse_streams_stay_whole_exact_and_in_order() {
     for i in 0..SUBSCRIBERS {
         let (node, ch) = (node.clone(), ch.clone());
         followers.push(tokio::spawn(async move {
-            follow(&node, ch, want, i % 2 == 0).await
+            match protocol {
+                Protocol::Sse => follow(&node, ch, want, i % 2 == 0).await,
+                Protocol::WebSocket => follow_ws(&node, ch, want, i % 2 == 0).await,
+            }
         }));
     }
     herald_e2e::eventually(Duration::from_secs(10), "all subscribed", || {
@@ -263,12 +360,20 @@ async fn fan_out_written_sse_streams_stay_whole_exact_and_in_order() {
         resumes += r;
     }
     let direct = metric_value(&node, "herald_direct_writes_total").await;
-    let delivered = metric_value(&node, "herald_messages_delivered_total{protocol=\"sse\"}").await;
+    let label = match protocol {
+        Protocol::Sse => "sse",
+        Protocol::WebSocket => "websocket",
+    };
+    let delivered = metric_value(
+        &node,
+        &format!("herald_messages_delivered_total{{protocol=\"{label}\"}}"),
+    )
+    .await;
     eprintln!(
-        "direct writes {direct} of {delivered} SSE deliveries; {resumes} resumes after slow-consumer endings"
+        "direct writes {direct} of {delivered} {label} deliveries; {resumes} resumes after slow-consumer endings"
     );
     assert!(
         direct > 0.0,
-        "the fan-out wrote no event itself ({delivered} SSE deliveries)"
+        "the fan-out wrote no message itself ({delivered} {label} deliveries)"
     );
 }

@@ -31,6 +31,9 @@ pub(crate) struct ConnCtx {
     pub(crate) head_timeout: Duration,
 }
 
+/// What hyper serves a connection over (the type a WebSocket upgrade downcasts to).
+pub(crate) type HyperIo = TokioIo<Rewind<Counted>>;
+
 /// Serves a connection with hyper (HTTP/1.1 keep-alive, WebSocket upgrades), from its first
 /// byte or, through [`Rewind`], from a request whose head was already read elsewhere.
 pub(crate) async fn serve_hyper(

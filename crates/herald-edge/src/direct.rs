@@ -1,33 +1,58 @@
-//! Direct writes: the fan-out writes a live SSE event straight to an idle stream's socket.
+//! Direct writes: the fan-out writes a live message straight to an idle connection's socket.
 //!
 //! A delivery through the outbox wakes the connection's task, which takes the item, checks it
 //! against the session's position, encodes it and writes it: one task wake-up and poll per
-//! connection per message. When a stream has nothing queued and nothing unwritten, that work
-//! is a non-blocking write of bytes built once for every connection (the event, in its chunk
-//! framing), so the fan-out does it itself, under the outbox's lock.
+//! connection per message. When a connection has nothing queued and nothing unwritten, that
+//! work is a non-blocking write of bytes built once for every connection (the SSE event in its
+//! chunk framing, or the WebSocket text frame), so the fan-out does it itself, under the
+//! outbox's lock.
 //!
 //! Two parties share the socket, and never write at once:
-//! - the stream's writer (`rawsse`) writes what the SSE body yields; it marks the socket
-//!   `flushed` only once it holds nothing unwritten, and clears the mark (under the gate) before
-//!   it writes again;
-//! - the fan-out writes only while the mark is set, the stream's task is parked waiting for
-//!   the outbox with nothing pending (see `Outbox::next_batch_parked`), and the outbox is empty.
+//! - the connection's writer (`rawsse`'s loop, or tungstenite through [`WsIo`]) marks the
+//!   socket `flushed` only once it holds nothing unwritten, and clears the mark (under the
+//!   gate) before it writes again;
+//! - the fan-out writes only while the mark is set, the connection's task is parked waiting
+//!   for the outbox with nothing pending (see `Outbox::next_batch_parked`), and the outbox is
+//!   empty.
 //!
 //! A write that would block leaves the message to the outbox, as before. A write that goes
 //! out in part keeps the rest in the gate as `leftover` and clears the mark: the writer sends
-//! the rest before anything else, so the bytes on the socket stay whole events, in order.
+//! the rest before anything else, so the bytes on the socket stay whole events and frames, in
+//! order.
 
-use std::io::{self, IoSlice};
+use std::{
+    io::{self, IoSlice},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
 
 use bytes::Bytes;
+use herald_core::Message;
 use parking_lot::Mutex;
-use tokio::{net::TcpStream, sync::Notify};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::Notify,
+};
+
+use crate::limits::SocketSlot;
+
+/// How the bytes of a message are framed on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// An SSE event in an HTTP/1.1 chunk.
+    SseChunked,
+    /// An SSE event as it is (HTTP/1.0: the body ends with the connection).
+    SsePlain,
+    /// A WebSocket text frame from the server (unmasked).
+    WebSocket,
+}
 
 /// A stream's socket, shared by its writer and the fan-out.
 pub(crate) struct DirectSink {
     stream: TcpStream,
-    /// HTTP/1.1 chunked framing (else HTTP/1.0: the body is the bytes as they are).
-    chunked: bool,
+    framing: Framing,
     gate: Mutex<Gate>,
     /// Wakes the writer when a direct write left bytes behind.
     leftover_ready: Notify,
@@ -50,10 +75,10 @@ pub(crate) enum Sent {
 }
 
 impl DirectSink {
-    pub(crate) fn new(stream: TcpStream, chunked: bool) -> Self {
+    pub(crate) fn new(stream: TcpStream, framing: Framing) -> Self {
         Self {
             stream,
-            chunked,
+            framing,
             gate: Mutex::new(Gate {
                 flushed: false,
                 leftover: None,
@@ -67,24 +92,29 @@ impl DirectSink {
         &self.stream
     }
 
-    /// Whether the body must be sent in chunked framing.
-    pub(crate) fn chunked(&self) -> bool {
-        self.chunked
+    /// How messages are framed on this socket.
+    pub(crate) fn framing(&self) -> Framing {
+        self.framing
     }
 
-    /// Writes `event` now if the writer is idle and the socket takes it without blocking.
-    pub(crate) fn try_send(&self, event: &Bytes) -> Sent {
+    /// Writes `m` now if the writer is idle and the socket takes it without blocking.
+    pub(crate) fn try_send(&self, m: &Message) -> Sent {
         let mut gate = self.gate.lock();
         if !gate.flushed {
             return Sent::No;
         }
         let mut head = [0u8; 18];
-        let head_len = if self.chunked {
-            chunk_head(event.len(), &mut head)
-        } else {
-            0
+        let (event, head_len, tail): (&Bytes, usize, &[u8]) = match self.framing {
+            Framing::SseChunked => {
+                let e = m.sse_event();
+                (e, chunk_head(e.len(), &mut head), b"\r\n")
+            }
+            Framing::SsePlain => (m.sse_event(), 0, b""),
+            Framing::WebSocket => {
+                let f = m.ws_frame();
+                (f, ws_head(f.len(), &mut head), b"")
+            }
         };
-        let tail: &[u8] = if self.chunked { b"\r\n" } else { b"" };
         let parts = [
             IoSlice::new(&head[..head_len]),
             IoSlice::new(event),
@@ -161,6 +191,127 @@ impl DirectSink {
     }
 }
 
+/// Writes the header of an unmasked, final WebSocket text frame of `len` bytes into `out`;
+/// returns its length.
+fn ws_head(len: usize, out: &mut [u8; 18]) -> usize {
+    out[0] = 0x81;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// A WebSocket connection's socket as tungstenite reads and writes it: every write passes the
+/// gate (a direct write's unsent end first), and a completed flush, which tungstenite makes
+/// only once its own buffer is written out, marks the socket idle for the fan-out.
+pub(crate) struct WsIo {
+    sink: Arc<DirectSink>,
+    /// Bytes the client sent after its handshake, read before the socket.
+    prefix: Bytes,
+    /// The connection's place under the client socket cap.
+    _slot: SocketSlot,
+}
+
+impl WsIo {
+    pub(crate) fn new(sink: Arc<DirectSink>, prefix: Bytes, slot: SocketSlot) -> Self {
+        Self {
+            sink,
+            prefix,
+            _slot: slot,
+        }
+    }
+
+    /// Writes what a direct write left unsent, under the gate; Ready once nothing is left.
+    fn poll_leftover(&self, gate: &mut Gate, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(rest) = gate.leftover.as_mut() {
+            match self.sink.stream.try_write(rest) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) if n == rest.len() => gate.leftover = None,
+                Ok(n) => {
+                    let _ = rest.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.sink.stream.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for WsIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.sink.stream.poll_read_ready(cx))?;
+            match this.sink.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WsIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut gate = this.sink.gate.lock();
+        gate.flushed = false;
+        ready!(this.poll_leftover(&mut gate, cx))?;
+        loop {
+            match this.sink.stream.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(this.sink.stream.poll_write_ready(cx))?;
+                }
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut gate = this.sink.gate.lock();
+        ready!(this.poll_leftover(&mut gate, cx))?;
+        gate.flushed = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut gate = this.sink.gate.lock();
+        gate.flushed = false;
+        ready!(this.poll_leftover(&mut gate, cx))?;
+        let _ = socket2::SockRef::from(&this.sink.stream).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Writes the chunk-size line of a chunk of `len` bytes into `out`; returns its length.
 fn chunk_head(len: usize, out: &mut [u8; 18]) -> usize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -176,6 +327,21 @@ fn chunk_head(len: usize, out: &mut [u8; 18]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_heads_take_the_shortest_length_form() {
+        for (len, want) in [
+            (0usize, vec![0x81, 0]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let mut out = [0u8; 18];
+            let n = ws_head(len, &mut out);
+            assert_eq!(out[..n], want[..], "{len}");
+        }
+    }
 
     #[test]
     fn chunk_heads_are_lowercase_hex() {

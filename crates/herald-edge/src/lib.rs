@@ -40,7 +40,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::{ConnectInfo, RawQuery, State, ws::WebSocketUpgrade},
+    extract::{ConnectInfo, RawQuery, State},
     http::{HeaderMap, HeaderValue, Method},
     response::{IntoResponse, Response},
     routing::get,
@@ -576,10 +576,10 @@ async fn ws_route(
     kill: Option<axum::Extension<ConnKill>>,
     addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: ws::Handshake,
 ) -> Response {
     let result = async {
-        let upgrade = upgrade.map_err(|e| EdgeError::NotWebSocket(e.body_text()))?;
+        let upgrade = upgrade.accept()?;
         if edge.is_draining() {
             return Err(EdgeError::Draining);
         }

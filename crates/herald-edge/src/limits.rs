@@ -204,6 +204,11 @@ impl Counted {
             _slot: slot,
         }
     }
+
+    /// The socket and its place under the cap.
+    pub(crate) fn into_parts(self) -> (TcpStream, SocketSlot) {
+        (self.stream, self._slot)
+    }
 }
 
 impl AsyncRead for Counted {

@@ -95,6 +95,7 @@ struct State {
 /// A connection the fan-out may write to (see [`crate::direct`]).
 struct Direct {
     sink: Weak<DirectSink>,
+    protocol: Protocol,
     metrics: Arc<Metrics>,
     /// Set while the connection's task waits for items with nothing pending and one channel
     /// whose events are the shared encoding: that channel and its position.
@@ -188,6 +189,7 @@ impl Outbox {
     pub(crate) fn attach(&self, sink: Weak<DirectSink>, metrics: Arc<Metrics>) {
         self.state.lock().direct = Some(Box::new(Direct {
             sink,
+            protocol: self.protocol,
             metrics,
             parked: None,
             written: None,
@@ -272,14 +274,14 @@ impl Direct {
         let Some(sink) = self.sink.upgrade() else {
             return false;
         };
-        if sink.try_send(m.sse_event()) == Sent::No {
+        if sink.try_send(m) == Sent::No {
             return false;
         }
         *position = m.cursor;
         self.written = Some(m.clone());
         self.metrics.direct_writes.inc();
         self.metrics
-            .delivered(Protocol::Sse, m.published_us, herald_core::unix_micros());
+            .delivered(self.protocol, m.published_us, herald_core::unix_micros());
         true
     }
 }

@@ -336,6 +336,12 @@ impl<T> Rewind<T> {
             inner,
         }
     }
+
+    /// The bytes not read again yet, and the stream.
+    pub(crate) fn into_parts(mut self) -> (Vec<u8>, T) {
+        self.prefix.drain(..self.at);
+        (self.prefix, self.inner)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {

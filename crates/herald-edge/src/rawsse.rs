@@ -21,7 +21,7 @@ use tower::ServiceExt;
 
 use crate::{
     ConnKill,
-    direct::DirectSink,
+    direct::{self, DirectSink},
     limits::{Admission, RATE_LIMITED, SocketSlot, write_refusal},
     rawhttp::{self, Framing},
 };
@@ -75,7 +75,12 @@ pub(crate) async fn serve(
     };
     // The socket is shared with the fan-out's direct writes (see `direct`), which hold it
     // weakly: it closes when this function drops it.
-    let sink = Arc::new(DirectSink::new(stream, !http10));
+    let framing = if http10 {
+        direct::Framing::SsePlain
+    } else {
+        direct::Framing::SseChunked
+    };
+    let sink = Arc::new(DirectSink::new(stream, framing));
     request.extensions_mut().insert(ConnectInfo(client));
     request.extensions_mut().insert(ConnKill(kill.clone()));
     request.extensions_mut().insert(sink.clone());
@@ -97,7 +102,7 @@ async fn write_response(sink: &DirectSink, response: Response<Body>, http10: boo
     let exact = http_body::Body::size_hint(&body).exact();
     let chunked = exact.is_none() && !http10;
     // Direct writes frame as the stream does; a response of known length takes none.
-    let direct = chunked == sink.chunked();
+    let direct = chunked == (sink.framing() == direct::Framing::SseChunked);
     let mut head = BytesMut::with_capacity(512);
     let framing = match exact {
         Some(len) => Framing::Length(len),

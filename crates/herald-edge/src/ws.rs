@@ -13,17 +13,32 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use axum::{
+    extract::FromRequestParts,
+    http::request::Parts,
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use herald_auth::{AuthError, Principal};
 use herald_core::{ChannelName, Cursor, Protocol, Since};
 use herald_telemetry::CloseReason;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::time::Instant;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Error as WsError, Message as WsMessage, Utf8Bytes,
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
+    },
+};
 
 use crate::{
     EdgeError, EdgeInner,
+    conn::HyperIo,
     deliver::{self, Ending},
+    direct::{DirectSink, Framing, WsIo},
     params::ClientQuery,
     registry::Registration,
     session::{Session, Step},
@@ -216,7 +231,7 @@ fn error_frame(e: &EdgeError) -> WsMessage {
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let close = CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
     };
     let _ = tokio::time::timeout(
@@ -278,6 +293,7 @@ pub(crate) async fn run(
     initial: ClientQuery,
     who: Option<Principal>,
     hook_ctx: Option<Box<herald_core::hooks::ClientContext>>,
+    sink: Option<Arc<DirectSink>>,
 ) {
     let mut session = Session::new(edge.clone(), reg);
     let mut auth = Auth {
@@ -285,7 +301,15 @@ pub(crate) async fn run(
         who,
         hook_ctx,
     };
-    let reason = serve(&edge, &mut socket, &mut session, initial, &mut auth).await;
+    let reason = serve(
+        &edge,
+        &mut socket,
+        &mut session,
+        initial,
+        &mut auth,
+        sink.as_deref(),
+    )
+    .await;
     session.reg.reason = reason;
 }
 
@@ -295,6 +319,7 @@ async fn serve(
     session: &mut Session,
     initial: ClientQuery,
     auth: &mut Auth,
+    sink: Option<&DirectSink>,
 ) -> CloseReason {
     if !initial.channels.is_empty()
         && Box::pin(subscribe(
@@ -324,9 +349,52 @@ async fn serve(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            () = expiry => return end(socket, Ending::TokenExpired).await,
-            r = outbox.next_batch(&mut batch) => match r {
+        // Nothing pending, one channel: the fan-out may write its messages straight to the
+        // socket while this waits (`direct`).
+        let parked = sink.and_then(|_| session.sole_position());
+        let is_parked = parked.is_some();
+        let next = match parked {
+            Some((channel, at)) => futures_util::future::Either::Left(
+                outbox.next_batch_parked(&mut batch, channel, at),
+            ),
+            None => futures_util::future::Either::Right(outbox.next_batch(&mut batch)),
+        };
+        let leftover = async {
+            match sink {
+                Some(sink) => sink.leftover().await,
+                None => std::future::pending().await,
+            }
+        };
+        let woke = tokio::select! {
+            () = expiry => Woke::Expired,
+            r = next => Woke::Batch(r),
+            () = leftover => Woke::Leftover,
+            answer = std::future::poll_fn(|cx| publishes.poll_answer(cx, edge, auth.who.as_ref(), auth.hook_ctx.as_deref())),
+                if publishes.busy() => Woke::Answer(answer),
+            incoming = socket.next() => Woke::Incoming(incoming),
+            _ = ping.tick() => Woke::Ping,
+        };
+        // Whatever woke it, direct writes stop here; the session's position takes in what
+        // they wrote (every queued item is newer).
+        if is_parked && let Some(written) = outbox.unpark() {
+            session.record(&written);
+        }
+        match woke {
+            Woke::Expired => return end(socket, Ending::TokenExpired).await,
+            // A direct write went out in part: the flush sends the rest.
+            Woke::Leftover => {
+                let kill = session.reg.kill.clone();
+                tokio::select! {
+                    flushed = socket.flush() => {
+                        if flushed.is_err() {
+                            return CloseReason::Normal;
+                        }
+                    }
+                    // The client stopped reading and its queue overflowed: give up.
+                    () = kill.cancelled() => return CloseReason::SlowConsumer,
+                }
+            }
+            Woke::Batch(r) => match r {
                 Ok(bytes) => {
                     edge.metrics.outbox_queued_bytes.observe(bytes as f64);
                     let kill = session.reg.kill.clone();
@@ -342,14 +410,16 @@ async fn serve(
                 }
                 Err(closed) => return end(socket, Ending::of(closed)).await,
             },
-            answer = std::future::poll_fn(|cx| publishes.poll_answer(cx, edge, auth.who.as_ref(), auth.hook_ctx.as_deref())),
-                if publishes.busy() =>
-            {
-                if socket.send(frame(crate::publish::answer_frame(answer))).await.is_err() {
+            Woke::Answer(answer) => {
+                if socket
+                    .send(frame(crate::publish::answer_frame(answer)))
+                    .await
+                    .is_err()
+                {
                     return CloseReason::Normal;
                 }
             }
-            incoming = socket.recv() => {
+            Woke::Incoming(incoming) => {
                 last_heard = Instant::now();
                 let text = match incoming {
                     None | Some(Ok(WsMessage::Close(_))) => return CloseReason::Normal,
@@ -363,7 +433,9 @@ async fn serve(
                     }
                     Some(Ok(WsMessage::Text(t))) => t,
                     Some(Ok(WsMessage::Binary(_))) => {
-                        let e = EdgeError::BadCommand("binary frames are not supported: send JSON text frames".into());
+                        let e = EdgeError::BadCommand(
+                            "binary frames are not supported: send JSON text frames".into(),
+                        );
                         if socket.send(error_frame(&e)).await.is_err() {
                             return CloseReason::Normal;
                         }
@@ -378,21 +450,38 @@ async fn serve(
                 }
                 // Boxed: commands are rare, and their futures (resume reads, token checks) would
                 // otherwise stay in every idle connection's state.
-                if Box::pin(command(edge, socket, session, auth, &mut publishes, &text)).await.is_err() {
+                if Box::pin(command(edge, socket, session, auth, &mut publishes, &text))
+                    .await
+                    .is_err()
+                {
                     return CloseReason::Normal;
                 }
             }
-            _ = ping.tick() => {
+            Woke::Ping => {
                 if last_heard.elapsed() > period * 2 {
                     tracing::debug!("websocket peer silent for two ping periods; closing");
                     return CloseReason::Normal;
                 }
-                if socket.send(WsMessage::Ping(Default::default())).await.is_err() {
+                if socket
+                    .send(WsMessage::Ping(Default::default()))
+                    .await
+                    .is_err()
+                {
                     return CloseReason::Normal;
                 }
             }
         }
     }
+}
+
+/// What woke a connection's task.
+enum Woke {
+    Expired,
+    Batch(Result<usize, crate::outbox::Closed>),
+    Leftover,
+    Answer(crate::publish::Answer),
+    Incoming(Option<Result<WsMessage, WsError>>),
+    Ping,
 }
 
 /// Tells the client why the server ends the connection, then closes with the ending's code.
@@ -405,9 +494,8 @@ async fn end(socket: &mut WebSocket, ending: Ending) -> CloseReason {
     ending.close_reason()
 }
 
-fn is_capacity(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
+fn is_capacity(e: &WsError) -> bool {
+    matches!(e, WsError::Capacity(_))
 }
 
 async fn command(
@@ -417,7 +505,7 @@ async fn command(
     auth: &mut Auth,
     publishes: &mut crate::publish::Publishes,
     text: &str,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     match parse_command(text, edge.config.max_channels_per_connection) {
         Ok(Command::Publish(p)) => {
             let id = p.id.clone();
@@ -505,7 +593,7 @@ async fn authenticate(
     session: &mut Session,
     auth: &mut Auth,
     token: &str,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     let verified = edge
         .config
         .policy
@@ -567,7 +655,7 @@ async fn subscribe(
     channels: &[ChannelName],
     since: &Since,
     server: bool,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     let mut catchup = match session.subscribe(channels, since).await {
         Ok(c) => c,
         Err(e) => {
@@ -628,7 +716,7 @@ async fn write_batch(
     socket: &mut WebSocket,
     session: &mut Session,
     batch: &mut Vec<crate::outbox::Item>,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     let mut frames = Vec::with_capacity(batch.len());
     let mut added = Vec::new();
     deliver::live(session, Protocol::WebSocket, batch, |_, step| match step {
@@ -646,23 +734,178 @@ async fn write_batch(
     Ok(())
 }
 
-/// Registers and upgrades; `reg` was admitted by the caller.
+/// The socket under a WebSocket: shared with the fan-out's direct writes when it came in
+/// through the accept loop, else hyper's upgraded connection as it is.
+pub(crate) enum Io {
+    Direct(WsIo),
+    Hyper(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Direct(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            Io::Hyper(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Direct(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            Io::Hyper(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Direct(io) => std::pin::Pin::new(io).poll_flush(cx),
+            Io::Hyper(io) => std::pin::Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Direct(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            Io::Hyper(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+pub(crate) type WebSocket = WebSocketStream<Io>;
+
+/// A checked WebSocket handshake request (RFC 6455 4.2.1), or why it is not one.
+pub(crate) struct Handshake(Result<(hyper::upgrade::OnUpgrade, http::HeaderValue), String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Handshake(check_handshake(parts)))
+    }
+}
+
+impl Handshake {
+    /// The handshake, or a `not_websocket` error.
+    pub(crate) fn accept(self) -> Result<Self, EdgeError> {
+        match self.0 {
+            Ok(ok) => Ok(Handshake(Ok(ok))),
+            Err(why) => Err(EdgeError::NotWebSocket(why)),
+        }
+    }
+}
+
+fn check_handshake(
+    parts: &mut Parts,
+) -> Result<(hyper::upgrade::OnUpgrade, http::HeaderValue), String> {
+    use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+    let has = |name: http::HeaderName, token: &str| {
+        parts.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if parts.method != http::Method::GET {
+        return Err("a WebSocket handshake must be a GET request".into());
+    }
+    if !has(CONNECTION, "upgrade") {
+        return Err("`Connection` header did not include 'upgrade'".into());
+    }
+    if !has(UPGRADE, "websocket") {
+        return Err("`Upgrade` header did not include 'websocket'".into());
+    }
+    if parts
+        .headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err("`Sec-WebSocket-Version` header did not include '13'".into());
+    }
+    let key = parts
+        .headers
+        .get(SEC_WEBSOCKET_KEY)
+        .ok_or("`Sec-WebSocket-Key` header missing")?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = http::HeaderValue::from_str(&accept).map_err(|e| e.to_string())?;
+    let on = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or("the connection cannot be upgraded")?;
+    Ok((on, accept))
+}
+
+/// Answers the handshake (101) and serves the connection once upgraded; `reg` was admitted
+/// by the caller.
 pub(crate) fn upgrade(
     edge: Arc<EdgeInner>,
-    upgrade: axum::extract::ws::WebSocketUpgrade,
+    handshake: Handshake,
     reg: Registration,
     initial: ClientQuery,
     who: Option<Principal>,
     hook_ctx: Option<Box<herald_core::hooks::ClientContext>>,
-) -> axum::response::Response {
+) -> Response {
+    let Handshake(Ok((on_upgrade, accept))) = handshake else {
+        return EdgeError::NotWebSocket("not a WebSocket handshake".into()).into_response();
+    };
     let c = &edge.config;
-    upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(c.ws_read_buffer)
         .write_buffer_size(c.ws_write_buffer)
         .max_write_buffer_size(c.outbox_bytes.max(c.ws_write_buffer * 2))
-        .max_message_size(c.max_client_frame)
-        .max_frame_size(c.max_client_frame)
-        .on_upgrade(move |socket| run(edge, socket, reg, initial, who, hook_ctx))
+        .max_message_size(Some(c.max_client_frame))
+        .max_frame_size(Some(c.max_client_frame));
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        // From the accept loop, the socket is taken back from hyper so the fan-out can write
+        // to it (`direct`); hyper's buffered bytes are the first the WebSocket reads.
+        let (io, sink) = match upgraded.downcast::<HyperIo>() {
+            Ok(parts) => {
+                let (unread, counted) = parts.io.into_inner().into_parts();
+                let (stream, slot) = counted.into_parts();
+                let mut prefix = parts.read_buf.to_vec();
+                prefix.extend_from_slice(&unread);
+                let sink = Arc::new(DirectSink::new(stream, Framing::WebSocket));
+                reg.outbox
+                    .attach(Arc::downgrade(&sink), edge.metrics.clone());
+                let io = WsIo::new(sink.clone(), Bytes::from(prefix), slot);
+                (Io::Direct(io), Some(sink))
+            }
+            Err(upgraded) => (Io::Hyper(TokioIo::new(upgraded)), None),
+        };
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        run(edge, socket, reg, initial, who, hook_ctx, sink).await;
+    });
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    h.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
 }
 
 #[cfg(test)]

@@ -298,7 +298,7 @@ impl Metrics {
             )?,
             direct_writes: counter(
                 "herald_direct_writes_total",
-                "Live messages the fan-out wrote straight to an idle SSE stream's socket, without waking its connection (also counted in herald_messages_delivered_total).",
+                "Live messages the fan-out wrote straight to an idle connection's socket (WebSocket or SSE), without waking its task (also counted in herald_messages_delivered_total).",
             )?,
             history_reads: counter(
                 "herald_history_reads_total",
