@@ -130,11 +130,17 @@ impl Outbox {
     /// Queues an item without waiting. Returns false when the outbox is closed, including
     /// when this item made it overflow (then the queue is cleared and closed).
     pub(crate) fn push(&self, item: Item) -> bool {
+        self.push_with(item, true)
+    }
+
+    /// [`Self::push`]; with `direct` false, never written to the socket by the caller.
+    pub(crate) fn push_with(&self, item: Item, direct: bool) -> bool {
         let mut s = self.state.lock();
         if s.closed.is_some() {
             return false;
         }
-        if s.items.is_empty()
+        if direct
+            && s.items.is_empty()
             && let (Item::Message(m), Some(direct)) = (&item, &mut s.direct)
             && direct.send(m)
         {
