@@ -347,4 +347,69 @@ mod tests {
             .collect();
         assert_eq!(cursors, [1, 2, 3]);
     }
+
+    /// The contract the fan-out and a parked task keep: a message of the parked channel after
+    /// its position is written to the socket (whole, framed) and reported by `unpark`; one at
+    /// or before the position is dropped; another channel's, or any while the writer is busy
+    /// or once the task stopped waiting, is queued.
+    #[tokio::test]
+    async fn parked_pushes_write_to_the_socket_and_move_the_position() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let sink = Arc::new(DirectSink::new(server, crate::direct::Framing::WebSocket));
+        let metrics = Arc::new(Metrics::new("t", "0").unwrap());
+        let o = Arc::new(Outbox::new(1 << 20, Protocol::WebSocket));
+        o.attach(Arc::downgrade(&sink), metrics.clone());
+        assert_eq!(sink.flushed(), None, "the writer holds nothing");
+
+        let c = ChannelName::new("c").unwrap();
+        let waiter = {
+            let (o, c) = (o.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                let r = o.next_batch_parked(&mut out, c, Cursor(4)).await;
+                (r.is_ok(), out.len())
+            })
+        };
+        tokio::task::yield_now().await;
+        while o.state.lock().direct.as_ref().unwrap().parked.is_none() {
+            tokio::task::yield_now().await;
+        }
+        assert!(o.push(msg(3)), "at or before the position: dropped");
+        assert!(o.push(msg(5)), "after it: written");
+        assert!(o.state.lock().items.is_empty(), "nothing queued");
+        let Item::Message(m5) = msg(5) else {
+            unreachable!()
+        };
+        let frame = m5.ws_frame();
+        assert!((126..65_536).contains(&frame.len()));
+        let mut got = vec![0u8; 4 + frame.len()];
+        client.read_exact(&mut got).await.unwrap();
+        let len = (frame.len() as u16).to_be_bytes();
+        assert_eq!(got[..4], [0x81, 126, len[0], len[1]], "a final text frame");
+        assert_eq!(&got[4..], &frame[..]);
+        assert_eq!(metrics.direct_writes.get(), 1);
+        assert!(
+            o.push(msg(5)),
+            "the same again: dropped, the position moved"
+        );
+        assert_eq!(metrics.direct_writes.get(), 1);
+
+        // The writer takes the socket: the next message is queued and wakes the task.
+        assert_eq!(sink.begin_write(), None);
+        assert!(o.push(msg(6)));
+        assert_eq!(waiter.await.unwrap(), (true, 1));
+        let written = o.unpark().expect("the task learns what was written");
+        assert_eq!(written.cursor, Cursor(5));
+        assert_eq!(o.unpark().map(|m| m.cursor), None);
+        assert_eq!(sink.flushed(), None);
+        // Not parked any more: queued even though the writer is idle.
+        assert!(o.push(msg(7)));
+        assert_eq!(o.state.lock().items.len(), 1);
+        assert_eq!(metrics.direct_writes.get(), 1);
+    }
 }
