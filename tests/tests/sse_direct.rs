@@ -28,6 +28,19 @@ fn pad(p: u64, n: u64) -> String {
     std::iter::repeat_n(c, len).collect()
 }
 
+/// A connection to the node's client port with a 4 KiB receive buffer, so a client that
+/// pauses pushes back on the server at once.
+fn small_buffer_socket(node: &Node) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&node.http.into(), Duration::from_secs(5))
+        .expect("connect");
+    socket.set_nonblocking(true).expect("nonblocking");
+    TcpStream::from_std(socket.into()).expect("tokio socket")
+}
+
 /// A strict reader of a chunked SSE response.
 struct Stream {
     tcp: TcpStream,
@@ -41,14 +54,7 @@ struct Stream {
 
 impl Stream {
     async fn open(node: &Node, ch: &str, last_id: Option<&str>, slow: bool) -> Stream {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        socket
-            .connect_timeout(&node.http.into(), Duration::from_secs(5))
-            .expect("connect");
-        socket.set_nonblocking(true).expect("nonblocking");
-        let mut tcp = TcpStream::from_std(socket.into()).expect("tokio socket");
+        let mut tcp = small_buffer_socket(node);
         let last = last_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
         let req = format!("GET /sse?channel={ch} HTTP/1.1\r\nHost: h\r\n{last}\r\n");
         tcp.write_all(req.as_bytes()).await.expect("request");
@@ -189,14 +195,7 @@ async fn follow_ws(node: &Node, ch: String, want: usize, slow: bool) -> (Vec<u64
     let mut got: Vec<u64> = Vec::new();
     let mut resumes = 0;
     loop {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        socket
-            .connect_timeout(&node.http.into(), Duration::from_secs(5))
-            .expect("connect");
-        socket.set_nonblocking(true).expect("nonblocking");
-        let tcp = TcpStream::from_std(socket.into()).expect("tokio socket");
+        let tcp = small_buffer_socket(node);
         let (mut ws, _) = tokio_tungstenite::client_async(node.ws_url(), tcp)
             .await
             .expect("handshake");
