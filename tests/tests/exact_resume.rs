@@ -1,6 +1,7 @@
 //! Exact resume under an adversary, on every held protocol and both brokers.
 //!
-//! One client subscribes to 16 channels while 16 publishers publish to them concurrently
+//! One client subscribes to 16 channels (or one, where said) while 16 publishers publish to
+//! them concurrently
 //! over gRPC (`{"ch": i, "n": k}`, k = 0..N on channel i). The client breaks its connection
 //! abruptly at random moments (after a random number of frames, after a random 20-300 ms,
 //! or right after asking to resume), at least [`MIN_BREAKS`] times, and each time reconnects
@@ -35,13 +36,13 @@ use std::{
 use herald_e2e::{
     Msg, Node, SseClient, StatusCode, WsClient, channel,
     cluster::{nats_node, start_nats},
-    poll, poll_msgs, query,
+    metric_value, poll, poll_msgs, query,
     resume::{Ledger, Publishers, Rng, seed},
     within,
 };
 use serde_json::{Value, json};
 
-/// Channels, one publisher each.
+/// Channels, one publisher each (the cases with one channel aside).
 const CHANNELS: usize = 16;
 /// Messages per channel.
 const PER_CHANNEL: usize = 500;
@@ -440,7 +441,17 @@ impl<'a> Client<'a> {
 }
 
 /// The scenario: see the module docs.
-async fn exact_resume(name: &str, broker: Broker, protocol: Protocol, adversary: Adversary) {
+///
+/// Every live message that finds a WebSocket (or a one-channel SSE stream) idle is written to
+/// its socket by the fan-out itself (docs: ARCHITECTURE.md, "direct writes"): the node counts
+/// them, and the case checks that this path was taken, not only the outbox's.
+async fn exact_resume(
+    name: &str,
+    broker: Broker,
+    protocol: Protocol,
+    adversary: Adversary,
+    channels: usize,
+) {
     let started = Instant::now();
     let seed = seed(name);
     let nats = (broker == Broker::Nats).then(start_nats);
@@ -451,7 +462,7 @@ async fn exact_resume(name: &str, broker: Broker, protocol: Protocol, adversary:
             nats_node(nats, "b", &HISTORY).await,
         ],
     };
-    let names: Vec<String> = (0..CHANNELS)
+    let names: Vec<String> = (0..channels)
         .map(|i| channel(&format!("exact{i}")))
         .collect();
     let ws_resume = ws_resume();
@@ -494,13 +505,18 @@ async fn exact_resume(name: &str, broker: Broker, protocol: Protocol, adversary:
             String::new()
         },
         client.ledger.received(),
-        CHANNELS * PER_CHANNEL,
+        channels * PER_CHANNEL,
         client.connections,
         client.breaks,
         client.server_ends,
         client.ledger.cross_channel_inversions(),
         started.elapsed().as_secs_f64(),
     );
+    let mut direct = 0.0;
+    for node in &nodes {
+        direct += metric_value(node, "herald_direct_writes_total").await;
+    }
+    println!("{name}: {direct} messages written to the socket by the fan-out (direct writes)");
     let problems = client.ledger.problems(&published);
     assert!(
         problems.is_empty(),
@@ -511,6 +527,12 @@ async fn exact_resume(name: &str, broker: Broker, protocol: Protocol, adversary:
     if adversary == Adversary::Breaks {
         assert!(client.breaks >= MIN_BREAKS, "only {} breaks", client.breaks);
     }
+    if protocol == Protocol::WebSocket || (protocol == Protocol::Sse && channels == 1) {
+        assert!(
+            direct > 0.0,
+            "{name}: the direct-write path was never taken"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -520,6 +542,7 @@ async fn websocket_resuming_per_channel_on_the_memory_broker_loses_and_repeats_n
         Broker::Memory,
         Protocol::WebSocket,
         Adversary::Breaks,
+        CHANNELS,
     )
     .await;
 }
@@ -531,6 +554,7 @@ async fn sse_resuming_from_last_event_id_on_the_memory_broker_loses_and_repeats_
         Broker::Memory,
         Protocol::Sse,
         Adversary::Breaks,
+        CHANNELS,
     )
     .await;
 }
@@ -542,6 +566,7 @@ async fn long_poll_aborted_mid_wait_on_the_memory_broker_loses_and_repeats_nothi
         Broker::Memory,
         Protocol::LongPoll,
         Adversary::Breaks,
+        CHANNELS,
     )
     .await;
 }
@@ -553,13 +578,21 @@ async fn websocket_resuming_per_channel_on_either_nats_node_loses_and_repeats_no
         Broker::Nats,
         Protocol::WebSocket,
         Adversary::Breaks,
+        CHANNELS,
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sse_resuming_from_last_event_id_on_either_nats_node_loses_and_repeats_nothing() {
-    exact_resume("sse_nats", Broker::Nats, Protocol::Sse, Adversary::Breaks).await;
+    exact_resume(
+        "sse_nats",
+        Broker::Nats,
+        Protocol::Sse,
+        Adversary::Breaks,
+        CHANNELS,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -569,6 +602,21 @@ async fn long_poll_aborted_mid_wait_on_either_nats_node_loses_and_repeats_nothin
         Broker::Nats,
         Protocol::LongPoll,
         Adversary::Breaks,
+        CHANNELS,
+    )
+    .await;
+}
+
+/// One channel: SSE events then carry the message's own id, and the fan-out writes them
+/// straight to the idle stream's socket, on either node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sse_on_one_channel_written_directly_on_either_nats_node_loses_and_repeats_nothing() {
+    exact_resume(
+        "sse_one_channel_nats",
+        Broker::Nats,
+        Protocol::Sse,
+        Adversary::Breaks,
+        1,
     )
     .await;
 }
@@ -583,6 +631,7 @@ async fn an_unbroken_websocket_owes_per_channel_order_only_and_gets_every_messag
         Broker::Memory,
         Protocol::WebSocket,
         Adversary::None,
+        CHANNELS,
     )
     .await;
 }

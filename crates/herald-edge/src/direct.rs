@@ -12,7 +12,7 @@
 //!   socket `flushed` only once it holds nothing unwritten, and clears the mark (under the
 //!   gate) before it writes again;
 //! - the fan-out writes only while the mark is set, the connection's task is parked waiting
-//!   for the outbox with nothing pending (see `Outbox::next_batch_parked`), and the outbox is
+//!   for the outbox with nothing pending (see `Outbox::park`), and the outbox is
 //!   empty.
 //!
 //! A write that would block leaves the message to the outbox, as before. A write that goes

@@ -97,11 +97,13 @@ struct Direct {
     sink: Weak<DirectSink>,
     protocol: Protocol,
     metrics: Arc<Metrics>,
-    /// Set while the connection's task waits for items with nothing pending and one channel
-    /// whose events are the shared encoding: that channel and its position.
-    parked: Option<(ChannelName, Cursor)>,
-    /// The newest message written directly since the task last looked.
-    written: Option<Arc<Message>>,
+    /// Set while the connection's task waits for items with nothing pending.
+    parked: bool,
+    /// While parked: each channel whose messages the fan-out may write, with its position,
+    /// sorted by channel. Kept between parkings to reuse its allocation.
+    positions: Vec<(ChannelName, Cursor)>,
+    /// Whether a direct write moved a position since the task last looked.
+    moved: bool,
 }
 
 impl Outbox {
@@ -197,39 +199,44 @@ impl Outbox {
             sink,
             protocol: self.protocol,
             metrics,
-            parked: None,
-            written: None,
+            parked: false,
+            positions: Vec::new(),
+            moved: false,
         }));
     }
 
-    /// Ends direct writes (the task is no longer parked), and returns the newest message
-    /// written directly since the last call: the connection's position is now at it.
-    pub(crate) fn unpark(&self) -> Option<Arc<Message>> {
+    /// Lets the fan-out write live messages straight to the attached socket until
+    /// [`Self::unpark`], if nothing is pending: `fill` lists the channels it may write (each
+    /// with its position, sorted by channel) and returns false when there are none. Returns
+    /// whether the task is now parked; the caller then waits with [`Self::next_batch`] and
+    /// must call [`Self::unpark`] once it stops waiting, whatever woke it.
+    pub(crate) fn park(&self, fill: impl FnOnce(&mut Vec<(ChannelName, Cursor)>) -> bool) -> bool {
         let mut s = self.state.lock();
-        let direct = s.direct.as_mut()?;
-        direct.parked = None;
-        direct.written.take()
+        let s = &mut *s;
+        if !s.items.is_empty() || s.closed.is_some() {
+            return false;
+        }
+        let Some(direct) = s.direct.as_mut() else {
+            return false;
+        };
+        direct.positions.clear();
+        direct.parked = fill(&mut direct.positions);
+        debug_assert!(direct.positions.is_sorted_by(|a, b| a.0 < b.0));
+        direct.parked
     }
 
-    /// [`Self::next_batch`] for a task with nothing pending: while it waits, the fan-out
-    /// writes messages of `channel` after `position` straight to the attached socket. The
-    /// caller must call [`Self::unpark`] once it stops waiting, whatever woke it.
-    pub(crate) async fn next_batch_parked(
-        &self,
-        out: &mut Vec<Item>,
-        channel: ChannelName,
-        position: Cursor,
-    ) -> Result<usize, Closed> {
-        {
-            let mut s = self.state.lock();
-            if s.items.is_empty()
-                && s.closed.is_none()
-                && let Some(direct) = s.direct.as_mut()
-            {
-                direct.parked = Some((channel, position));
-            }
+    /// Ends direct writes (the task is no longer parked). When they moved a position since
+    /// the last call, hands `record` every parked channel's position: the connection's
+    /// positions are now at least these.
+    pub(crate) fn unpark(&self, record: impl FnOnce(&[(ChannelName, Cursor)])) {
+        let mut s = self.state.lock();
+        let Some(direct) = s.direct.as_mut() else {
+            return;
+        };
+        direct.parked = false;
+        if std::mem::take(&mut direct.moved) {
+            record(&direct.positions);
         }
-        self.next_batch(out).await
     }
 
     /// Waits for items, then moves all of them into `out` and returns how many bytes they
@@ -243,7 +250,7 @@ impl Outbox {
                 if s.closed.is_some() || !s.items.is_empty() {
                     // The task runs again: no direct write until it parks anew.
                     if let Some(direct) = s.direct.as_mut() {
-                        direct.parked = None;
+                        direct.parked = false;
                     }
                 }
                 if let Some(reason) = &s.closed {
@@ -267,12 +274,17 @@ impl Direct {
     /// Writes `m` to the socket if the task is parked on its channel; true when the message
     /// needs nothing more from the outbox (written, or at or before the position).
     fn send(&mut self, m: &Arc<Message>) -> bool {
-        let Some((channel, position)) = &mut self.parked else {
-            return false;
-        };
-        if m.channel != *channel {
+        if !self.parked {
             return false;
         }
+        let position = match self.positions.as_mut_slice() {
+            [(channel, position)] if *channel == m.channel => position,
+            [_] => return false,
+            many => match many.binary_search_by(|(c, _)| c.cmp(&m.channel)) {
+                Ok(i) => &mut many[i].1,
+                Err(_) => return false,
+            },
+        };
         if m.cursor <= *position {
             // The session would drop it: already delivered.
             return true;
@@ -284,7 +296,7 @@ impl Direct {
             return false;
         }
         *position = m.cursor;
-        self.written = Some(m.clone());
+        self.moved = true;
         self.metrics.direct_writes.inc();
         self.metrics
             .delivered(self.protocol, m.published_us, herald_core::unix_micros());
@@ -348,10 +360,10 @@ mod tests {
         assert_eq!(cursors, [1, 2, 3]);
     }
 
-    /// The contract the fan-out and a parked task keep: a message of the parked channel after
-    /// its position is written to the socket (whole, framed) and reported by `unpark`; one at
-    /// or before the position is dropped; another channel's, or any while the writer is busy
-    /// or once the task stopped waiting, is queued.
+    /// The contract the fan-out and a parked task keep: a message of a parked channel after
+    /// its position is written to the socket (whole, framed) and moves that channel's position,
+    /// which `unpark` reports; one at or before the position is dropped; another channel's,
+    /// or any while the writer is busy or once the task stopped waiting, is queued.
     #[tokio::test]
     async fn parked_pushes_write_to_the_socket_and_move_the_position() {
         use tokio::io::AsyncReadExt;
@@ -366,23 +378,28 @@ mod tests {
         o.attach(Arc::downgrade(&sink), metrics.clone());
         assert_eq!(sink.flushed(), None, "the writer holds nothing");
 
-        let c = ChannelName::new("c").unwrap();
+        let name = |s: &str| ChannelName::new(s).unwrap();
+        let on = |c: &str, n: u64| {
+            let data = Payload::from_json(format!("\"{}\"", "x".repeat(100)), 1000).unwrap();
+            Item::Message(Arc::new(Message::new(name(c), Cursor(n), 0, data)))
+        };
+        let parked = o.park(|out| {
+            out.extend([(name("a"), Cursor(9)), (name("c"), Cursor(4))]);
+            true
+        });
+        assert!(parked);
         let waiter = {
-            let (o, c) = (o.clone(), c.clone());
+            let o = o.clone();
             tokio::spawn(async move {
                 let mut out = Vec::new();
-                let r = o.next_batch_parked(&mut out, c, Cursor(4)).await;
+                let r = o.next_batch(&mut out).await;
                 (r.is_ok(), out.len())
             })
         };
-        tokio::task::yield_now().await;
-        while o.state.lock().direct.as_ref().unwrap().parked.is_none() {
-            tokio::task::yield_now().await;
-        }
-        assert!(o.push(msg(3)), "at or before the position: dropped");
-        assert!(o.push(msg(5)), "after it: written");
+        assert!(o.push(on("c", 3)), "at or before the position: dropped");
+        assert!(o.push(on("c", 5)), "after it: written");
         assert!(o.state.lock().items.is_empty(), "nothing queued");
-        let Item::Message(m5) = msg(5) else {
+        let Item::Message(m5) = on("c", 5) else {
             unreachable!()
         };
         let frame = m5.ws_frame();
@@ -394,22 +411,44 @@ mod tests {
         assert_eq!(&got[4..], &frame[..]);
         assert_eq!(metrics.direct_writes.get(), 1);
         assert!(
-            o.push(msg(5)),
+            o.push(on("c", 5)),
             "the same again: dropped, the position moved"
         );
-        assert_eq!(metrics.direct_writes.get(), 1);
+        assert!(o.push(on("a", 9)), "the other channel's position holds");
+        assert!(o.push(on("a", 10)), "and moves on its own");
+        client.read_exact(&mut got[..4]).await.unwrap();
+        assert_eq!(metrics.direct_writes.get(), 2);
 
-        // The writer takes the socket: the next message is queued and wakes the task.
-        assert_eq!(sink.begin_write(), None);
-        assert!(o.push(msg(6)));
+        // A channel that is not parked is queued and wakes the task.
+        assert!(o.push(on("b", 1)));
         assert_eq!(waiter.await.unwrap(), (true, 1));
-        let written = o.unpark().expect("the task learns what was written");
-        assert_eq!(written.cursor, Cursor(5));
-        assert_eq!(o.unpark().map(|m| m.cursor), None);
-        assert_eq!(sink.flushed(), None);
+        let mut reached = Vec::new();
+        o.unpark(|r| reached = r.to_vec());
+        assert_eq!(
+            reached,
+            [(name("a"), Cursor(10)), (name("c"), Cursor(5))],
+            "the task learns where direct writes left each channel"
+        );
+        o.unpark(|_| panic!("nothing moved since"));
         // Not parked any more: queued even though the writer is idle.
-        assert!(o.push(msg(7)));
+        assert!(o.push(on("c", 6)));
         assert_eq!(o.state.lock().items.len(), 1);
-        assert_eq!(metrics.direct_writes.get(), 1);
+        assert_eq!(metrics.direct_writes.get(), 2);
+
+        // Parked again, with the writer holding the socket: queued.
+        let mut out = Vec::new();
+        assert_eq!(o.next_batch(&mut out).await.map(|_| out.len()), Ok(1));
+        assert!(o.park(|out| {
+            out.push((name("c"), Cursor(6)));
+            true
+        }));
+        assert_eq!(sink.begin_write(), None);
+        assert!(o.push(on("c", 7)));
+        assert_eq!(o.state.lock().items.len(), 1);
+        assert_eq!(metrics.direct_writes.get(), 2);
+        assert!(
+            !o.park(|_| true),
+            "nothing is written directly while items wait"
+        );
     }
 }

@@ -489,13 +489,30 @@ impl Session {
         herald_core::position::encode_with(&self.positions, Some(hash))
     }
 
-    /// The one channel and its position, when the stream has one channel and its events carry
-    /// the message's own id (not pinned to a channel set).
-    pub(crate) fn sole_position(&self) -> Option<(ChannelName, Cursor)> {
-        if self.positions.len() != 1 || self.is_pinned() {
-            return None;
+    /// Lists in `out` the channels whose live messages the fan-out may write straight to
+    /// this connection's socket, each with its position, sorted by channel; false when none.
+    /// A WebSocket's message frames are the same for every connection: all its channels. An
+    /// SSE event's `id:` is the message's own only for a stream of one channel that is not
+    /// pinned to a channel set.
+    pub(crate) fn direct_positions(&self, out: &mut Vec<(ChannelName, Cursor)>) -> bool {
+        let shared = match self.reg.protocol {
+            Protocol::WebSocket => true,
+            Protocol::Sse => self.positions.len() == 1 && !self.is_pinned(),
+            _ => false,
+        };
+        if shared {
+            out.extend(self.positions.iter().map(|(c, p)| (c.clone(), *p)));
         }
-        self.positions.iter().next().map(|(c, p)| (c.clone(), *p))
+        !out.is_empty()
+    }
+
+    /// Records the positions direct writes reached (see [`Session::direct_positions`]).
+    pub(crate) fn record_positions(&mut self, reached: &[(ChannelName, Cursor)]) {
+        for (c, at) in reached {
+            if let Some(p) = self.positions.get_mut(c) {
+                *p = (*p).max(*at);
+            }
+        }
     }
 
     /// How many channels are subscribed.

@@ -214,13 +214,8 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
         };
         // Nothing pending: with one channel (its events the shared encoding), the fan-out
         // may write live messages straight to the socket while this waits (`direct`).
-        let next =
-            match st.session.sole_position() {
-                Some((channel, at)) => futures_util::future::Either::Left(
-                    outbox.next_batch_parked(&mut st.batch, channel, at),
-                ),
-                None => futures_util::future::Either::Right(outbox.next_batch(&mut st.batch)),
-            };
+        let parked = outbox.park(|out| st.session.direct_positions(out));
+        let next = outbox.next_batch(&mut st.batch);
         let r = tokio::select! {
             r = next => Some(r),
             () = expiry => {
@@ -234,8 +229,9 @@ async fn next_chunk(mut st: Stream) -> Option<(Result<Bytes, Infallible>, Stream
         };
         // Whatever woke it, direct writes stop here; the session's position takes in what
         // they wrote (every queued item is newer).
-        if let Some(written) = outbox.unpark() {
-            st.session.record(&written);
+        if parked {
+            let session = &mut st.session;
+            outbox.unpark(|reached| session.record_positions(reached));
         }
         match r {
             None => {}

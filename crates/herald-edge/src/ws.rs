@@ -349,16 +349,10 @@ async fn serve(
                 None => std::future::pending().await,
             }
         };
-        // Nothing pending, one channel: the fan-out may write its messages straight to the
-        // socket while this waits (`direct`).
-        let parked = sink.and_then(|_| session.sole_position());
-        let is_parked = parked.is_some();
-        let next = match parked {
-            Some((channel, at)) => futures_util::future::Either::Left(
-                outbox.next_batch_parked(&mut batch, channel, at),
-            ),
-            None => futures_util::future::Either::Right(outbox.next_batch(&mut batch)),
-        };
+        // Nothing pending: the fan-out may write its messages straight to the socket while
+        // this waits (`direct`).
+        let parked = sink.is_some() && outbox.park(|out| session.direct_positions(out));
+        let next = outbox.next_batch(&mut batch);
         let leftover = async {
             match sink {
                 Some(sink) => sink.leftover().await,
@@ -376,8 +370,8 @@ async fn serve(
         };
         // Whatever woke it, direct writes stop here; the session's position takes in what
         // they wrote (every queued item is newer).
-        if is_parked && let Some(written) = outbox.unpark() {
-            session.record(&written);
+        if parked {
+            outbox.unpark(|reached| session.record_positions(reached));
         }
         match woke {
             Woke::Expired => return end(socket, Ending::TokenExpired).await,
