@@ -632,9 +632,9 @@ const YIELD_EVERY: usize = 256;
 /// last direct fan-out took no longer than the time between the publishes of its last two
 /// messages (the broker's timestamps: a feed that fell behind does not look idle), and goes
 /// through the outboxes otherwise. Measured, 10,000 subscribers on one core
-/// (docs/benchmarks.md): at 5 msg/s a direct fan-out takes about 130 ms of the 200 between
-/// messages and its p99 is level with Nchan's, where the outboxes' was 1.4x; an SSE channel
-/// at 10 msg/s takes more than the 100 ms and stays on the outboxes.
+/// (docs/benchmarks.md): at 5 msg/s a direct fan-out takes 130-160 ms of the 200 between
+/// messages and p99 falls from 1.4x Nchan's (outboxes) to 0.9-1.2x; at 10 msg/s it takes
+/// about the 100 ms between messages and the channel mostly stays on the outboxes.
 #[derive(Default)]
 struct Pace {
     /// When the previous message was published, in µs since the epoch.
