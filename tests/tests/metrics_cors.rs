@@ -148,3 +148,55 @@ async fn cors_origin_list_is_enforced() {
         sse.headers
     );
 }
+
+/// A poll without `Origin` (a server-side client, a native app) skips the CORS layer's
+/// per-request work on the raw poll path, with the headers the layer would have added read
+/// off the layer at start-up. Its answer must carry the same CORS headers as the router's
+/// `/poll`, which answers a poll that follows another request on a keep-alive connection: for
+/// the default (any origin) and for an origin list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_without_origin_gets_the_cors_layers_headers_on_both_paths() {
+    use herald_e2e::http1::{Answer, Conn};
+    fn cors_headers(a: &Answer) -> Vec<(String, String)> {
+        let mut h: Vec<_> = a
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "vary" || n.starts_with("access-control-"))
+            .cloned()
+            .collect();
+        h.sort();
+        h
+    }
+    for (env, allow_origin) in [
+        (vec![], Some("*")),
+        (vec![("HERALD_CORS_ORIGINS", "https://ok.example")], None),
+    ] {
+        let node = Node::start(&env).await;
+        let target = format!("/poll?{}", query(&[&channel("cors-fast")], None));
+
+        let mut raw = Conn::open(node.http).await;
+        let fast = raw.request(&target).await;
+        assert_eq!(fast.status, 200, "{fast:?}");
+
+        let mut routed = Conn::open(node.http).await;
+        let other = routed.request("/no-such-endpoint").await;
+        assert_eq!(other.status, 404, "served by the router: {other:?}");
+        let layered = routed.request(&target).await;
+        assert_eq!(layered.status, 200, "{layered:?}");
+
+        let (fast, layered) = (cors_headers(&fast), cors_headers(&layered));
+        assert!(
+            fast.iter()
+                .any(|(n, v)| n == "vary" && v.contains("origin")),
+            "{env:?}: the answer varies by origin: {fast:?}"
+        );
+        assert_eq!(
+            fast.iter()
+                .find(|(n, _)| n == "access-control-allow-origin")
+                .map(|(_, v)| v.as_str()),
+            allow_origin,
+            "{env:?}: {fast:?}"
+        );
+        assert_eq!(fast, layered, "{env:?}: raw path against the router's");
+    }
+}

@@ -417,6 +417,7 @@ impl Edge {
         let cors = cors_layer(&self.inner.config.cors_origins);
         PollEndpoint {
             edge: self.inner.clone(),
+            without_origin: cors_without_origin(&cors),
             cors: tower::Layer::layer(&cors, PollHandler(self.inner.clone())),
         }
     }
@@ -516,6 +517,10 @@ impl Edge {
 pub(crate) struct PollEndpoint {
     edge: Arc<EdgeInner>,
     cors: tower_http::cors::Cors<PollHandler>,
+    /// The headers the CORS layer adds to the answer of a request without `Origin`, read off
+    /// the layer itself at start-up ([`cors_without_origin`]): such a request (any client
+    /// that is not a browser on another origin) skips the layer's per-request work.
+    without_origin: Option<HeaderMap>,
 }
 
 impl PollEndpoint {
@@ -523,9 +528,47 @@ impl PollEndpoint {
         if let Some(refused) = assets::disabled(&self.edge, request.uri()) {
             return refused;
         }
+        if let Some(added) = &self.without_origin
+            && request.method() != Method::OPTIONS
+            && !request.headers().contains_key(axum::http::header::ORIGIN)
+        {
+            let mut response = poll_route(State(self.edge.clone()), request).await;
+            add_cors_headers(response.headers_mut(), added);
+            return response;
+        }
         tower::ServiceExt::oneshot(self.cors.clone(), request)
             .await
             .unwrap_or_else(|e| match e {})
+    }
+}
+
+/// What `cors` adds to the answer of a `GET` without `Origin`, found by asking it once; `None`
+/// if it did not answer at once (then every request goes through the layer).
+fn cors_without_origin(cors: &CorsLayer) -> Option<HeaderMap> {
+    let inner = tower::service_fn(|_: axum::extract::Request| async {
+        Ok::<_, std::convert::Infallible>(Response::new(axum::body::Body::empty()))
+    });
+    let service = tower::Layer::layer(cors, inner);
+    let mut request = axum::extract::Request::new(axum::body::Body::empty());
+    *request.uri_mut() = axum::http::Uri::from_static("/poll");
+    let answer =
+        futures_util::FutureExt::now_or_never(tower::ServiceExt::oneshot(service, request))?;
+    answer.ok().map(|r| r.into_parts().0.headers)
+}
+
+/// Adds `added` to `headers` as the CORS layer's answer does: `Vary` values are appended, any
+/// other header replaces a value of the same name.
+fn add_cors_headers(headers: &mut HeaderMap, added: &HeaderMap) {
+    for name in added.keys() {
+        let mut values = added.get_all(name).iter();
+        if name != axum::http::header::VARY
+            && let Some(first) = values.next()
+        {
+            headers.insert(name.clone(), first.clone());
+        }
+        for value in values {
+            headers.append(name.clone(), value.clone());
+        }
     }
 }
 
