@@ -22,15 +22,52 @@ pub(crate) struct ClientQuery {
 /// Parses a raw query string. Unknown parameters are ignored (cache busters and the like);
 /// at most `max_channels` channel names are accepted, checked before any is validated.
 pub(crate) fn parse(raw: Option<&str>, max_channels: usize) -> Result<ClientQuery, EdgeError> {
-    let mut q = ClientQuery::default();
-    let mut since_text: Option<String> = None;
-    let mut wait_seen = false;
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        match &*key {
+    let raw = raw.unwrap_or("");
+    let mut parser = Parser {
+        q: ClientQuery::default(),
+        since_text: None,
+        wait_seen: false,
+        max_channels,
+    };
+    if raw.bytes().any(|b| b == b'%' || b == b'+') {
+        for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+            parser.pair(&key, &value)?;
+        }
+    } else {
+        // Nothing to decode (the usual query): the pairs `form_urlencoded` would yield, as
+        // slices of the query itself.
+        for piece in raw.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
+            parser.pair(key, value)?;
+        }
+    }
+    let Parser {
+        mut q, since_text, ..
+    } = parser;
+    if let Some(text) = since_text {
+        q.since = Since::parse(&text, &q.channels)?;
+    }
+    Ok(q)
+}
+
+struct Parser {
+    q: ClientQuery,
+    since_text: Option<String>,
+    wait_seen: bool,
+    max_channels: usize,
+}
+
+impl Parser {
+    /// Takes one decoded `key=value` pair.
+    fn pair(&mut self, key: &str, value: &str) -> Result<(), EdgeError> {
+        let q = &mut self.q;
+        match key {
             "channel" | "channels" => {
                 for name in value.split(',') {
-                    if q.channels.len() >= max_channels {
-                        return Err(EdgeError::TooManyChannels { max: max_channels });
+                    if q.channels.len() >= self.max_channels {
+                        return Err(EdgeError::TooManyChannels {
+                            max: self.max_channels,
+                        });
                     }
                     let c = ChannelName::new(name)?;
                     if !q.channels.contains(&c) {
@@ -39,19 +76,19 @@ pub(crate) fn parse(raw: Option<&str>, max_channels: usize) -> Result<ClientQuer
                 }
             }
             "since" => {
-                if since_text.is_some() {
+                if self.since_text.is_some() {
                     return Err(EdgeError::Repeated("since"));
                 }
-                since_text = Some(value.into_owned());
+                self.since_text = Some(value.to_owned());
             }
             "token" => {
                 if q.token.is_some() {
                     return Err(EdgeError::Repeated("token"));
                 }
-                q.token = Some(value.into_owned());
+                q.token = Some(value.to_owned());
             }
             "wait" => {
-                if std::mem::replace(&mut wait_seen, true) {
+                if std::mem::replace(&mut self.wait_seen, true) {
                     return Err(EdgeError::Repeated("wait"));
                 }
                 match value.parse::<u64>() {
@@ -61,11 +98,8 @@ pub(crate) fn parse(raw: Option<&str>, max_channels: usize) -> Result<ClientQuer
             }
             _ => {}
         }
+        Ok(())
     }
-    if let Some(text) = since_text {
-        q.since = Since::parse(&text, &q.channels)?;
-    }
-    Ok(q)
 }
 
 #[cfg(test)]
@@ -105,5 +139,36 @@ mod tests {
             parse(Some(&many), 10),
             Err(EdgeError::TooManyChannels { max: 10 })
         ));
+    }
+
+    /// The slice path (nothing to decode) and the decoding path read a query the same way.
+    #[test]
+    fn plain_and_encoded_queries_read_alike() {
+        let show = |r: Result<ClientQuery, EdgeError>| format!("{r:?}");
+        for (plain, encoded) in [
+            (
+                "channel=a&&since=5&wait=2&x&_=1",
+                "channel=%61&&since=%35&wait=2&x&_=1",
+            ),
+            (
+                "channels=a,b&channel=b&token=t.k",
+                "channels=a%2Cb&channel=b&token=t%2Ek",
+            ),
+            ("=&channel=a=b", "=&channel=a%3Db"),
+            ("since=1&since=2", "since=1&since=%32"),
+            ("wait=61", "wait=6%31"),
+            ("", "%"),
+        ] {
+            assert_eq!(
+                show(parse(Some(plain), 10)),
+                show(parse(Some(encoded), 10)),
+                "{plain} / {encoded}"
+            );
+        }
+        assert_eq!(
+            parse(Some("channel=a+b"), 10).map(|_| ()).ok(),
+            None,
+            "+ is a space"
+        );
     }
 }
