@@ -7,7 +7,9 @@
 //! bytes; each head is read with a buffer dropped right after parsing and goes through what
 //! the router runs for `/poll` (`PollEndpoint`: the disabled-transport check, the same CORS
 //! layer, the same handler with its auth, limits and poll rules), without the routing; the
-//! response is written with `Content-Length` in one write.
+//! response is written with `Content-Length` in one write. A request without `Origin` gets the
+//! headers the CORS layer adds to such a request, read off the layer once at start-up, without
+//! the layer's per-request work.
 //!
 //! The connection stays open between requests (HTTP/1.1 keep-alive), holding no buffer while
 //! idle. The next request is read here too: another `GET /poll` is served the same way;
