@@ -277,14 +277,10 @@ impl Direct {
         if !self.parked {
             return false;
         }
-        let position = match self.positions.as_mut_slice() {
-            [(channel, position)] if *channel == m.channel => position,
-            [_] => return false,
-            many => match many.binary_search_by(|(c, _)| c.cmp(&m.channel)) {
-                Ok(i) => &mut many[i].1,
-                Err(_) => return false,
-            },
+        let Ok(i) = self.positions.binary_search_by(|(c, _)| c.cmp(&m.channel)) else {
+            return false;
         };
+        let position = &mut self.positions[i].1;
         if m.cursor <= *position {
             // The session would drop it: already delivered.
             return true;

@@ -436,8 +436,13 @@ impl Session {
 
     /// Records a catch-up message as delivered.
     pub(crate) fn record(&mut self, m: &Message) {
-        if let Some(p) = self.positions.get_mut(&m.channel) {
-            *p = (*p).max(m.cursor);
+        self.reach(&m.channel, m.cursor);
+    }
+
+    /// Moves `channel`'s position to `at` unless it is already there or past it.
+    fn reach(&mut self, channel: &ChannelName, at: Cursor) {
+        if let Some(p) = self.positions.get_mut(channel) {
+            *p = (*p).max(at);
         }
     }
 
@@ -509,9 +514,7 @@ impl Session {
     /// Records the positions direct writes reached (see [`Session::direct_positions`]).
     pub(crate) fn record_positions(&mut self, reached: &[(ChannelName, Cursor)]) {
         for (c, at) in reached {
-            if let Some(p) = self.positions.get_mut(c) {
-                *p = (*p).max(*at);
-            }
+            self.reach(c, *at);
         }
     }
 
